@@ -1,0 +1,91 @@
+"""Shared fixtures: real data from ../shared (skipped when absent), generated pyramids, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_milkd.core.sample_slide import write_pyramidal_tiff
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated data (the sample slide) goes to a per-session folder, never the user's cache."""
+    folder = Path(os.environ.get("MILKD_TEST_CACHE_DIR") or tmp_path_factory.mktemp("milkd-cache"))
+    os.environ["MILKD_CACHE_DIR"] = str(folder)
+    return folder
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ``../shared/data``, or skip the test when this workplace's data is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+@pytest.fixture
+def cmu_svs() -> Path:
+    """Aperio SVS, 1 level 2220×2967, 0.499 µm/px."""
+    return shared_path("wsi", "CMU-1-Small-Region.svs")
+
+
+@pytest.fixture
+def tcga_svs() -> Path:
+    """Aperio SVS, 2 levels, JPEG2000, no µm/px."""
+    return shared_path("wsi", "tcga-cr-7395-01a-01-ts1.svs")
+
+
+@pytest.fixture
+def dicom_dcm() -> Path:
+    """The largest .dcm of the DICOM-WSI copy of CMU-1-Small-Region."""
+    folder = shared_path("wsi", "CMU-1-Small-Region.dicom")
+    return max(folder.glob("*.dcm"), key=lambda p: p.stat().st_size)
+
+
+def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth, structured RGB test image (JPEG-friendly, every position distinguishable)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(xx / 37.0 + rng.uniform(0, 6)),
+            128 + 100 * np.cos(yy / 23.0 + rng.uniform(0, 6)),
+            128 + 100 * np.sin((xx + yy) / 51.0),
+        ],
+        axis=-1,
+    )
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _levels(level0: np.ndarray, factors: tuple[int, ...]) -> list[np.ndarray]:
+    h, w = level0.shape[:2]
+    out = [level0]
+    for f in factors:
+        hh, ww = h // f, w // f
+        out.append(level0[: hh * f, : ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3)).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def exact_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generic TIFF, 4 levels, exact non-power-of-two downsamples 1, 3, 6, 15; 0.25 µm/px; tile 128."""
+    path = tmp_path_factory.mktemp("slides") / "exact.tiff"
+    write_pyramidal_tiff(path, _levels(textured_image(1200, 1530), (3, 6, 15)), mpp=0.25, tile=128)
+    return path
+
+
+@pytest.fixture(scope="session")
+def inexact_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generic TIFF, 3 levels whose measured downsamples are not integers (1, ~3.003, ~7.03); 0.5 µm/px."""
+    level0 = textured_image(1000, 1300, seed=1)
+    levels = [level0, level0[::3, ::3][:333, :433].copy(), level0[::7, ::7][:142, :185].copy()]
+    path = tmp_path_factory.mktemp("slides") / "inexact.tiff"
+    write_pyramidal_tiff(path, levels, mpp=0.5, tile=128)
+    return path
