@@ -26,7 +26,9 @@ from napari_milkd.core.zarr_store import slide_levels
 def _windows(shape: tuple[int, int], size: int, n: int, seed: int = 0) -> list[tuple[int, int]]:
     rng = np.random.default_rng(seed)
     h, w = shape
-    return [(int(rng.integers(0, max(1, h - size))), int(rng.integers(0, max(1, w - size)))) for _ in range(n)]
+    return [
+        (int(rng.integers(0, max(1, h - size))), int(rng.integers(0, max(1, w - size)))) for _ in range(n)
+    ]
 
 
 def main() -> None:
