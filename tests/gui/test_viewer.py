@@ -1,4 +1,7 @@
-"""Slides in a real napari viewer: reader, sample data, and the Slide widget driven like a user."""
+"""Slides in a real napari viewer: reader, sample data, and the Slide widget driven like a user.
+
+Data fixtures that may skip come before ``make_napari_viewer`` in each signature: napari's fixture
+fails its teardown when a test is skipped after it was set up."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from napari.utils.notifications import notification_manager
 from napari_milkd._widget import SlideWidget
 
 
-def test_reader_shows_slide_in_micrometres(make_napari_viewer, not_blank, cmu_svs: Path) -> None:
+def test_reader_shows_slide_in_micrometres(cmu_svs: Path, make_napari_viewer, not_blank) -> None:
     viewer = make_napari_viewer(show=True)  # a hidden canvas is never drawn
     [layer] = viewer.open(str(cmu_svs), plugin="napari-milkd")
     assert isinstance(layer, Image)
@@ -84,7 +87,7 @@ def test_sample_slide_and_widget_find_tissue_tiles(
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "slide-widget-tiles")
 
 
-def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, tcga_svs: Path) -> None:
+def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot) -> None:
     viewer = make_napari_viewer()
     viewer.open(str(tcga_svs), plugin="napari-milkd")
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide")
