@@ -67,13 +67,22 @@ def test_errors_are_one_line_exit_2(tmp_path: Path, exact_pyramid: Path, kind: s
     assert "Traceback" not in result.stderr
 
 
-def test_demo_headless_writes_summary_and_overview(tmp_path: Path) -> None:
+def test_demo_headless_runs_teacher_student_export(tmp_path: Path) -> None:
+    """The README's headless main job with a tiny model: weak labels → teacher → student → GeoJSON."""
     out = tmp_path / "demo"
-    assert main(["demo", "--headless", "--out", str(out)]) == 0
+    args = ["demo", "--headless", "--out", str(out), "--backbone", "tiny", "--epochs", "1", "--device", "cpu"]
+    assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slide"]["vendor"] == "generic-tiff"
     assert summary["n_tiles"] > 0 and 0.3 < summary["tissue_fraction"] < 0.8
-    assert summary["true_tumour_area_mm2"] > 0
+    assert summary["n_positive_bags"] > 0 and summary["n_negative_bags"] > 0
+    assert 0.0 <= summary["dice_teacher"] <= 1.0 and 0.0 <= summary["dice_student"] <= 1.0
+    assert summary["true_tumour_area_mm2"] == pytest.approx(0.379, abs=0.01)
+    for stage in ("teacher", "student"):
+        collection = json.loads((out / f"{stage}.geojson").read_text())
+        assert collection["type"] == "FeatureCollection"
+        assert len(collection["features"]) == summary[f"{stage}_features"]
+        assert (out / "checkpoints" / f"{stage}.pt").exists()
     import imageio.v3 as iio
 
     picture = iio.imread(out / "overview.png")

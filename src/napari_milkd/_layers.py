@@ -100,10 +100,12 @@ def mask_layer_kwargs(
     downsample: float,
     name: str,
     units: tuple[str, str] | None = None,
+    mpp: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Keyword arguments placing a single-scale mask made at ``downsample`` over a slide whose level 0
-    has world scale ``level0_scale`` and ``units`` (see :func:`slide_scale`, :func:`slide_units`).
+    has world scale ``level0_scale`` and ``units`` (see :func:`slide_scale`, :func:`slide_units`);
+    ``mpp`` (µm per level-0 pixel, when known) goes into ``metadata["milkd_mpp"]`` for the writers.
 
     Pixel ``(r, c)`` of such a mask covers level-0 ``[r*ds, (r+1)*ds)``; its centre is at level-0
     ``(r + 0.5) * ds``, i.e. napari data ``(r + 0.5) * ds - 0.5`` — hence the translate.
@@ -118,4 +120,7 @@ def mask_layer_kwargs(
     }
     if units:
         kwargs["units"] = units
+    if mpp:
+        # The writers (_writer.py) map world µm back to level-0 pixels with this.
+        kwargs["metadata"] = {**extra.get("metadata", {}), "milkd_mpp": float(mpp)}
     return kwargs

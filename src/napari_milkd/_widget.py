@@ -1,34 +1,41 @@
-"""The dock widget: the only module that touches Qt.
+"""The milkd dock widget: the only module that touches Qt.
 
-Owns forms, buttons, progress and layer updates; all work is delegated to :mod:`napari_milkd.core`
-and runs in a napari worker thread (``create_worker``). Workers get copies (paths, numbers), never
-layers; layers are changed only in the ``returned`` handler, on the main thread.
+Owns forms, buttons, progress and layer updates. All work is delegated to :mod:`napari_milkd.core`
+and long work runs in napari worker threads (``create_worker``) over core generators: workers get
+copies (paths, arrays, configs), never layers, and layers change only in the ``yielded``/``returned``
+handlers, on the main thread. Cancel calls ``worker.quit()``, which takes effect at the next yield
+(at most one training batch or one prediction batch away).
 
-Current panel ("Slide"): the selected slide's facts (vendor, levels, µm/px and where it came from),
-a µm/px override when the file has none, the working resolution and the level it reads, and
-"Find tissue tiles", which adds a tissue mask and the tile grid over the slide.
+Workflow on the selected slide layer: facts and µm/px → *Prepare slide* (tissue, tiles, working
+resolution; restores a saved session) → paint weak labels (1 contains tumour, 2 tumour-free) or import
+them → *Train teacher* → correct the teacher mask by hand → *Distil student* → *Next region to review*
+→ *Next round* → *Export*. Everything the user makes is autosaved in the slide's project folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image
-from napari.qt.threading import create_worker
+from napari.layers import Image, Labels
+from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QPointF, Qt, QTimer
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -36,22 +43,33 @@ from qtpy.QtWidgets import (
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
 from napari_milkd.core.errors import MilkdError
+from napari_milkd.core.project import Project
 from napari_milkd.core.slide import level_for_mpp, open_slide
-from napari_milkd.core.tiling import TileGrid, tile_grid
-from napari_milkd.core.tissue import TissueMask, slide_tissue
+from napari_milkd.core.slide_session import (
+    NO_OPINION,
+    SlideWork,
+    apply_corrections,
+    plan_work,
+    record_corrections,
+    tile_crops,
+    tissue_map,
+)
+from napari_milkd.core.train_types import TrainConfig
 from napari_milkd.core.types import LevelInfo, SlideInfo
+from napari_milkd.core.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
 
 if TYPE_CHECKING:
     import napari
 
+#: Largest working map side: bigger editable Labels break napari's painting (texture limit).
+MAX_WORK_SIDE = 16384
+STAGES = ("teacher", "student")
+REVIEW_TILE_SCREEN_PX = 500
 
-@dataclass(frozen=True)
-class TissueTiles:
-    """What the tissue job returns to the main thread."""
-
-    tissue: TissueMask
-    grid: TileGrid
-    tile_map: np.ndarray
+WEAK_COLORS = {None: "transparent", REGION_TUMOUR: "#ff3b3b", REGION_FREE: "#2fd16b"}
+MASK_COLORS = {None: "transparent", 1: "#ffd400"}
+TISSUE_COLORS = {None: "transparent", 1: "#39d98a"}
+TILE_COLORS = {None: "transparent", 1: "#f5f5f5", 2: "#ffd166"}
 
 
 def _info_from_layer(layer: Image) -> SlideInfo:
@@ -67,86 +85,271 @@ def _info_from_layer(layer: Image) -> SlideInfo:
     )
 
 
-def find_tissue_tiles(path: str, mpp: float | None, target_mpp: float, tile: int) -> TissueTiles:
-    """Worker body: tissue mask and tile grid of the slide at ``path`` (headless, copies only)."""
+def prepare_slide(path: str, mpp: float, work_mpp: float, tile: int) -> SlideWork:
+    """Worker body of *Prepare slide*: tissue, tile grid and working-map geometry (headless, copies only)."""
     source = open_slide(path, mpp=mpp)
     try:
-        tissue = slide_tissue(source)
-        grid = tile_grid(source.info, mpp=target_mpp, tile=tile, tissue=tissue)
+        work = plan_work(source, work_mpp=work_mpp, tile=tile)
     finally:
         source.close()
-    # Paint kept tiles into a map at the tissue mask's resolution (alternate labels 1/2 per tile).
-    tile_map = np.zeros(tissue.mask.shape, dtype=np.uint8)
-    ds = tissue.downsample
-    for i in range(len(grid)):
-        y0, x0, y1, x1 = grid.bounds_l0(i)
-        r0, c0 = int(y0 // ds), int(x0 // ds)
-        r1, c1 = int(np.ceil(y1 / ds)), int(np.ceil(x1 / ds))
-        checker = 1 + (round(y0 / grid.stride_l0) + round(x0 / grid.stride_l0)) % 2
-        tile_map[r0:r1, c0:c1] = checker
-    return TissueTiles(tissue=tissue, grid=grid, tile_map=tile_map)
+    if max(work.shape) > MAX_WORK_SIDE:
+        raise MilkdError(
+            f"working map would be {work.shape[1]}×{work.shape[0]} px; napari cannot paint labels above "
+            f"{MAX_WORK_SIDE} px per side: choose a coarser working resolution than {work_mpp:g} µm/px"
+        )
+    return work
+
+
+def tile_map(work: SlideWork) -> np.ndarray:
+    """Tiles painted into a working-size map with alternating labels 1/2 (drawn as outlines)."""
+    out = np.zeros(work.shape, np.uint8)
+    t = work.grid.tile
+    for i in range(len(work.grid)):
+        r0 = round(work.grid.origins_l0[i, 0] / work.downsample)
+        c0 = round(work.grid.origins_l0[i, 1] / work.downsample)
+        out[r0 : r0 + t, c0 : c0 + t] = 1 + (r0 // t + c0 // t) % 2
+    return out
+
+
+class _LazyComboBox(QComboBox):
+    """A combo box that fills itself (``on_popup``) the first time its list is opened."""
+
+    def __init__(self, on_popup: Any) -> None:
+        super().__init__()
+        self._on_popup = on_popup
+
+    def showPopup(self) -> None:
+        if self._on_popup is not None:
+            callback, self._on_popup = self._on_popup, None
+            callback(self)
+        super().showPopup()
+
+
+class LossPlot(QWidget):
+    """A small line plot of the training loss per epoch (teacher and student runs in turn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+        self.setMinimumHeight(70)
+        self.setToolTip("training loss per epoch")
+
+    def set_values(self, values: list[float]) -> None:
+        """Replace the plotted values and redraw."""
+        self.values = list(values)
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = self.rect().adjusted(6, 6, -6, -14)
+        painter.setPen(QPen(QColor("#666666"), 1))
+        painter.drawRect(rect)
+        if len(self.values) >= 1:
+            lo, hi = min(self.values), max(self.values)
+            span = (hi - lo) or 1.0
+            n = max(len(self.values) - 1, 1)
+            points = QPolygonF(
+                [
+                    QPointF(
+                        rect.left() + rect.width() * i / n, rect.bottom() - rect.height() * (v - lo) / span
+                    )
+                    for i, v in enumerate(self.values)
+                ]
+            )
+            painter.setPen(QPen(QColor("#ffb000"), 2))
+            painter.drawPolyline(points)
+            painter.setPen(QPen(QColor("#bbbbbb"), 1))
+            painter.drawText(
+                rect.left(), self.height() - 2, f"loss {self.values[-1]:.4f}  ({len(self.values)} ep)"
+            )
+        painter.end()
 
 
 class SlideWidget(QWidget):
-    """Slide facts, resolution and tissue tiles for the selected slide layer."""
+    """napari-milkd: weak labels in, teacher and student masks out, corrected by hand, exported."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._worker: Any = None
+        self.worker: Any = None
+        self._worker_holder: list[Any] = [None]
+        self.work: SlideWork | None = None
+        self.slide_name: str | None = None
+        self.project: Project | None = None
+        self.hard: np.ndarray | None = None
+        self.probabilities: dict[str, np.ndarray] = {}
+        self._snapshots: dict[str, np.ndarray] = {}
+        self.reviewed: set[int] = set()
+        self._watched: set[int] = set()
+        self.losses: list[float] = []
+        self.round = 0
+        self._autosave = QTimer(self, singleShot=True, interval=600)
+        self._autosave.timeout.connect(self.save_session)
+        self._edit_timer = QTimer(self, singleShot=True, interval=0)
+        self._edit_timer.timeout.connect(self.collect_corrections)
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        # Closing the viewer destroys the widget: stop the worker at its next batch (checkpoints are on disk).
+        self.destroyed.connect(lambda *_, holder=self._worker_holder: holder[0] and holder[0].quit())
+        self._refresh_layers()
 
+    # --- construction ----------------------------------------------------------------------------
+
+    def _build(self) -> None:
         self.layer_combo = QComboBox()
         self.facts = QLabel("Open a slide (File ▸ Open, or File ▸ Open Sample ▸ milkd).")
         self.facts.setWordWrap(True)
         self.facts.setTextFormat(Qt.TextFormat.RichText)
         self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
         self.mpp_spin = QDoubleSpinBox(decimals=4, minimum=0.01, maximum=100.0, singleStep=0.05, value=0.5)
         self.mpp_spin.setSuffix(" µm/px")
         self.mpp_apply = QPushButton("Set µm/px")
         self.mpp_apply.setToolTip(
             "The file does not say its resolution: enter the scanner's µm/px at level 0."
         )
-        self.target_spin = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=64.0, singleStep=0.25, value=2.0)
+        self.target_spin = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=64.0, singleStep=0.25, value=1.0)
         self.target_spin.setSuffix(" µm/px")
         self.level_note = QLabel("")
-        self.tile_spin = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=256)
+        self.tile_spin = QSpinBox(minimum=32, maximum=1024, singleStep=32, value=128)
         self.tile_spin.setSuffix(" px")
-        self.tiles_button = QPushButton("Find tissue tiles")
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
+        self.prepare_button = QPushButton("Prepare slide")
+        self.prepare_button.setToolTip("Find tissue and tiles at the working resolution; restore saved work.")
         self.result_note = QLabel("")
         self.result_note.setWordWrap(True)
 
-        slide_box = QGroupBox("Slide")
-        slide_form = QFormLayout(slide_box)
-        slide_form.addRow("Layer", self.layer_combo)
-        slide_form.addRow(self.facts)
-        slide_form.addRow(self.mpp_spin, self.mpp_apply)
+        self.paint_tumour = QPushButton("Paint: contains tumour")
+        self.paint_free = QPushButton("Paint: tumour-free")
+        self.all_free = QPushButton("Whole slide tumour-free")
+        self.import_button = QPushButton("Import regions…")
+        self.import_button.setToolTip("QuPath GeoJSON or ASAP XML: Tumor → contains tumour, others → free")
+        self.bag_note = QLabel("")
+        self.bag_note.setWordWrap(True)
 
-        tiles_box = QGroupBox("Working resolution and tiles")
-        tiles_form = QFormLayout(tiles_box)
-        tiles_form.addRow("Work at", self.target_spin)
-        tiles_form.addRow("", self.level_note)
-        tiles_form.addRow("Tile size", self.tile_spin)
-        tiles_form.addRow(self.tiles_button)
-        tiles_form.addRow(self.progress)
-        tiles_form.addRow(self.result_note)
+        self.backbone_combo = QComboBox()
+        self.backbone_combo.addItems(["efficientnet_lite0", "tiny", "vgg16"])
+        self.device_combo = _LazyComboBox(self._fill_devices)
+        self.device_combo.addItem("auto", "auto")
+        self.device_combo.addItem("cpu", "cpu")
+        self.teacher_epochs = QSpinBox(minimum=1, maximum=500, value=6)
+        self.student_epochs = QSpinBox(minimum=1, maximum=1000, value=6)
+        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=16)
+        self.train_teacher_button = QPushButton("Train teacher")
+        self.train_student_button = QPushButton("Distil student")
+        self.next_round_button = QPushButton("Next round")
+        self.next_round_button.setToolTip(
+            "The student (with your corrections) becomes the teacher; distil again."
+        )
+        self.cancel_button = QPushButton("Cancel")
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.loss_plot = LossPlot()
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(slide_box)
-        layout.addWidget(tiles_box)
+        self.review_button = QPushButton("Next region to review")
+        self.review_note = QLabel("")
+        self.review_note.setWordWrap(True)
+        self.export_stage = QComboBox()
+        self.export_stage.addItems(["student", "teacher"])
+        self.export_format = QComboBox()
+        self.export_format.addItems(["QuPath GeoJSON", "ASAP XML", "OME-Zarr labels"])
+        self.export_button = QPushButton("Export…")
+
+        slide_box = QGroupBox("1 · Slide")
+        form = QFormLayout(slide_box)
+        form.addRow("Layer", self.layer_combo)
+        form.addRow(self.facts)
+        form.addRow(self.mpp_spin, self.mpp_apply)
+        form.addRow("Work at", self.target_spin)
+        form.addRow("", self.level_note)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow(self.prepare_button)
+        form.addRow(self.result_note)
+
+        weak_box = QGroupBox("2 · Weak labels")
+        weak = QVBoxLayout(weak_box)
+        row = QHBoxLayout()
+        row.addWidget(self.paint_tumour)
+        row.addWidget(self.paint_free)
+        weak.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.all_free)
+        row.addWidget(self.import_button)
+        weak.addLayout(row)
+        weak.addWidget(self.bag_note)
+
+        train_box = QGroupBox("3 · Teacher and student")
+        tform = QFormLayout(train_box)
+        tform.addRow("Backbone", self.backbone_combo)
+        tform.addRow("Device", self.device_combo)
+        epochs = QHBoxLayout()
+        epochs.addWidget(QLabel("teacher"))
+        epochs.addWidget(self.teacher_epochs)
+        epochs.addWidget(QLabel("student"))
+        epochs.addWidget(self.student_epochs)
+        tform.addRow("Epochs", epochs)
+        tform.addRow("Batch size", self.batch_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_teacher_button)
+        buttons.addWidget(self.train_student_button)
+        tform.addRow(buttons)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.next_round_button)
+        buttons.addWidget(self.cancel_button)
+        tform.addRow(buttons)
+        tform.addRow(self.progress)
+        tform.addRow(self.status)
+        tform.addRow(self.loss_plot)
+
+        review_box = QGroupBox("4 · Review and export")
+        rform = QFormLayout(review_box)
+        rform.addRow(self.review_button)
+        rform.addRow(self.review_note)
+        rform.addRow("Mask", self.export_stage)
+        rform.addRow("Format", self.export_format)
+        rform.addRow(self.export_button)
+
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        for box in (slide_box, weak_box, train_box, review_box):
+            layout.addWidget(box)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(360)
 
         self.layer_combo.currentIndexChanged.connect(self._show_facts)
         self.target_spin.valueChanged.connect(self._show_facts)
         self.mpp_apply.clicked.connect(self._apply_mpp)
-        self.tiles_button.clicked.connect(self.start_tissue_tiles)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
+        self.prepare_button.clicked.connect(self.start_prepare)
+        self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
+        self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
+        self.all_free.clicked.connect(self.mark_all_free)
+        self.import_button.clicked.connect(self._import_dialog)
+        self.train_teacher_button.clicked.connect(lambda: self.start_training("teacher"))
+        self.train_student_button.clicked.connect(lambda: self.start_training("student"))
+        self.next_round_button.clicked.connect(self.next_round)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.review_button.clicked.connect(self.next_region)
+        self.export_button.clicked.connect(self._export_dialog)
+        self._update_buttons()
 
-    # --- layer selection and facts -------------------------------------------------------------
+    def _fill_devices(self, combo: QComboBox) -> None:
+        """Probe devices (this imports torch) when the list is first opened, not when the widget opens."""
+        from napari_milkd.core.slide_jobs import available_devices
+
+        current = combo.currentData()
+        combo.clear()
+        for value, text in available_devices():
+            combo.addItem(text, value)
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+
+    # --- slide layer and facts -------------------------------------------------------------------
 
     def slide_layers(self) -> list[Image]:
         """Image layers that carry slide facts (opened by our reader or sample)."""
@@ -172,8 +375,7 @@ class SlideWidget(QWidget):
 
     def _show_facts(self, *_: object) -> None:
         layer = self.selected_layer()
-        enabled = layer is not None
-        self.tiles_button.setEnabled(enabled and self._worker is None)
+        self._update_buttons()
         if layer is None:
             self.facts.setText("Open a slide (File ▸ Open, or File ▸ Open Sample ▸ milkd).")
             self.level_note.setText("")
@@ -217,10 +419,87 @@ class SlideWidget(QWidget):
         show_info(f"{layer.name}: resolution set to {mpp:g} µm/px")
         self._show_facts()
 
-    # --- tissue tiles (worker) ------------------------------------------------------------------
+    def _update_buttons(self) -> None:
+        busy = self.worker is not None
+        has_slide = self.selected_layer() is not None
+        prepared = self.work is not None
+        ckpt = self.project.checkpoints if self.project is not None else None
+        has_teacher = bool(ckpt and (ckpt / "teacher.pt").exists())
+        has_student = bool(ckpt and (ckpt / "student.pt").exists())
+        self.prepare_button.setEnabled(has_slide and not busy)
+        for button in (self.paint_tumour, self.paint_free, self.all_free, self.import_button):
+            button.setEnabled(prepared and not busy)
+        self.train_teacher_button.setEnabled(prepared and not busy)
+        self.train_student_button.setEnabled(prepared and not busy and has_teacher)
+        self.next_round_button.setEnabled(prepared and not busy and has_student)
+        self.cancel_button.setEnabled(busy)
+        self.review_button.setEnabled(prepared and bool(self.probabilities))
+        self.export_button.setEnabled(prepared and bool(self.probabilities) and not busy)
+        self.progress.setVisible(busy)
 
-    def start_tissue_tiles(self) -> None:
-        """Run tissue detection and tiling for the selected slide in a worker thread."""
+    # --- layers ----------------------------------------------------------------------------------
+
+    def _layer_name(self, what: str) -> str:
+        return f"{self.slide_name} {what}"
+
+    def _layer(self, what: str) -> Any:
+        name = self._layer_name(what)
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (LayerList)
+
+    def _slide_geometry(self) -> dict[str, Any]:
+        slide = self.viewer.layers[self.slide_name]
+        scale = (float(slide.scale[-2]), float(slide.scale[-1]))
+        info = _info_from_layer(slide)
+        units = MICROMETRES if info.has_mpp else None
+        return {"level0_scale": scale, "units": units, "mpp": info.mpp}
+
+    def _put_labels(self, what: str, data: np.ndarray, colors: dict[Any, str], **extra: Any) -> Labels:
+        assert self.work is not None
+        existing = self._existing(what, data.shape)
+        if existing is not None:
+            existing.data = data
+            return existing
+        geometry = self._slide_geometry()
+        kwargs = mask_layer_kwargs(
+            geometry["level0_scale"],
+            self.work.downsample,
+            self._layer_name(what),
+            units=geometry["units"],
+            mpp=geometry["mpp"],
+            colormap=DirectLabelColormap(color_dict=colors),
+            **extra,
+        )
+        return self.viewer.add_labels(data, **kwargs)
+
+    def _put_image(self, what: str, data: np.ndarray, **extra: Any) -> Image:
+        assert self.work is not None
+        existing = self._existing(what, data.shape)
+        if existing is not None:
+            existing.data = data
+            return existing
+        geometry = self._slide_geometry()
+        kwargs = mask_layer_kwargs(
+            geometry["level0_scale"],
+            self.work.downsample,
+            self._layer_name(what),
+            units=geometry["units"],
+            mpp=geometry["mpp"],
+            **extra,
+        )
+        return self.viewer.add_image(data, **kwargs)
+
+    def _existing(self, what: str, shape: tuple[int, ...]) -> Any:
+        """The layer ``what`` if it exists with ``shape``; a layer of another shape is removed."""
+        layer = self._layer(what)
+        if layer is not None and layer.data.shape != shape:
+            self.viewer.layers.remove(layer)
+            return None
+        return layer
+
+    # --- 1 · prepare -----------------------------------------------------------------------------
+
+    def start_prepare(self) -> None:
+        """Find tissue and tiles for the selected slide in a worker, then set up (or restore) its session."""
         layer = self.selected_layer()
         if layer is None:
             show_error("milkd: select a slide layer first")
@@ -229,59 +508,410 @@ class SlideWidget(QWidget):
         if not info.has_mpp:
             show_error(f"milkd: {layer.name} has no µm/px; enter it and press 'Set µm/px' first")
             return
-        self._busy(True)
-        self._worker = create_worker(
-            find_tissue_tiles,
+        if self.worker is not None:
+            show_warning("milkd: wait for the running job, or cancel it")
+            return
+        self.status.setText("finding tissue and tiles…")
+        self.progress.setRange(0, 0)
+        worker = create_worker(
+            prepare_slide, info.path, info.mpp, float(self.target_spin.value()), int(self.tile_spin.value())
+        )
+        worker.returned.connect(lambda work: self._prepared(layer.name, info, work))
+        self._start(worker)
+
+    def _prepared(self, name: str, info: SlideInfo, work: SlideWork) -> None:
+        self.work = work
+        self.slide_name = name
+        self.project = Project.for_slide(info.path)
+        self.probabilities = {}
+        self._snapshots = {}
+        self.reviewed = set()
+        tissue = tissue_map(work).astype(np.uint8)
+        self._put_labels("tissue", tissue, TISSUE_COLORS, opacity=0.25, visible=False)
+        tiles = self._put_labels("tiles", tile_map(work), TILE_COLORS, opacity=0.8)
+        tiles.contour = 2
+        self._restore_session()
+        grid = work.grid
+        self.result_note.setText(
+            f"{len(grid)} tissue tiles of {grid.tile} px at {grid.mpp:g} µm/px (level {grid.level}); "
+            f"tissue covers {100 * work.tissue.fraction:.0f}% of the slide.<br>"
+            f"Project folder: <code>{self.project.root}</code>"
+        )
+        self.result_note.setTextFormat(Qt.TextFormat.RichText)
+        self.project.save_settings(
+            {
+                "slide": info.path,
+                "mpp": info.mpp,
+                "work_mpp": grid.mpp,
+                "tile": grid.tile,
+                "shape": list(work.shape),
+            }
+        )
+        self._update_bag_note()
+        self._update_buttons()
+
+    def _restore_session(self) -> None:
+        """Bring back weak labels, corrections and masks saved for this slide at this resolution."""
+        assert self.work is not None and self.project is not None
+        shape = self.work.shape
+        restored = []
+        saved = self.project.load_array("weak_labels")
+        weak = saved[0] if saved is not None and saved[0].shape == shape else np.zeros(shape, np.uint8)
+        if saved is not None and saved[0].shape == shape:
+            restored.append("weak labels")
+        layer = self._put_labels("weak labels", weak, WEAK_COLORS, opacity=0.45)
+        layer.brush_size = max(10, self.work.grid.tile // 2)
+        layer.events.paint.connect(self._on_weak_paint)
+        layer.events.data.connect(self._on_weak_paint)
+        saved = self.project.load_array("corrections")
+        self.hard = saved[0] if saved is not None and saved[0].shape == shape else None
+        if self.hard is not None:
+            restored.append(f"{int((self.hard != NO_OPINION).sum())} corrected pixels")
+        else:
+            self.hard = np.full(shape, NO_OPINION, np.uint8)
+        for stage in STAGES:
+            saved = self.project.load_array(f"{stage}_probability")
+            if saved is not None and saved[0].shape == shape:
+                self._show_stage(stage, saved[0].astype(np.float32))
+                restored.append(f"{stage} mask")
+        if restored:
+            show_info(f"milkd: restored {', '.join(restored)} from {self.project.root}")
+
+    # --- 2 · weak labels -------------------------------------------------------------------------
+
+    def weak_layer(self) -> Labels | None:
+        """The weak-labels layer of the prepared slide."""
+        return self._layer("weak labels") if self.work is not None else None
+
+    def start_painting(self, value: int) -> None:
+        """Select the weak-labels layer in paint mode with ``value`` (1 contains tumour, 2 tumour-free)."""
+        layer = self.weak_layer()
+        if layer is None:
+            show_error("milkd: prepare the slide first")
+            return
+        self.viewer.layers.selection.active = layer
+        layer.selected_label = value
+        layer.mode = "paint"
+
+    def mark_all_free(self) -> None:
+        """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
+        layer = self.weak_layer()
+        if layer is None or self.work is None:
+            return
+        data = layer.data.copy()
+        data[(tissue_map(self.work)) & (data != REGION_TUMOUR)] = REGION_FREE
+        layer.data = data
+        self._on_weak_paint()
+
+    def import_regions(self, path: str | Path) -> None:
+        """Add regions from a QuPath GeoJSON or ASAP XML file (Tumor → contains tumour, others → free)."""
+        from napari_milkd.core.annotations import labels_from_annotations, read_asap_xml, read_geojson
+
+        layer = self.weak_layer()
+        if layer is None or self.work is None or self.slide_name is None:
+            show_error("milkd: prepare the slide first")
+            return
+        try:
+            info = _info_from_layer(self.viewer.layers[self.slide_name])
+            reader = read_asap_xml if str(path).lower().endswith(".xml") else read_geojson
+            result = reader(path, slide_shape_l0=info.shape)
+            imported = labels_from_annotations(
+                result.annotations, self.work.shape, self.work.downsample, unknown_label=REGION_FREE
+            )
+        except MilkdError as exc:
+            show_error(f"milkd: {exc}")
+            return
+        data = layer.data.copy()
+        data[imported > 0] = imported[imported > 0]
+        layer.data = data
+        self._on_weak_paint()
+        for warning in result.warnings[:3]:
+            show_warning(f"milkd: {warning}")
+        show_info(f"milkd: imported {len(result.annotations)} regions from {Path(path).name}")
+
+    def _import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
+        )
+        if path:
+            self.import_regions(path)
+
+    def _on_weak_paint(self, *_: object) -> None:
+        self._update_bag_note()
+        self._autosave.start()
+
+    def bag_counts(self) -> tuple[int, int]:
+        """``(positive, negative)`` bags the current weak labels give."""
+        layer = self.weak_layer()
+        if layer is None or self.work is None:
+            return 0, 0
+        labels = bag_labels_from_regions(self.work.grid, np.asarray(layer.data), self.work.downsample)
+        return labels.n_positive, labels.n_negative
+
+    def _update_bag_note(self) -> None:
+        pos, neg = self.bag_counts()
+        missing = " — paint both kinds to train" if not (pos and neg) else ""
+        self.bag_note.setText(f"<b>{pos}</b> positive and <b>{neg}</b> negative bags (tiles){missing}")
+
+    # --- 3 · training ----------------------------------------------------------------------------
+
+    def train_config(self) -> TrainConfig:
+        """The training configuration the form describes."""
+        assert self.work is not None
+        student_epochs = int(self.student_epochs.value())
+        return TrainConfig(
+            backbone=self.backbone_combo.currentText(),
+            size=self.work.grid.tile,
+            batch_size=int(self.batch_spin.value()),
+            teacher_epochs=int(self.teacher_epochs.value()),
+            student_epochs=student_epochs,
+            switch_every=max(1, student_epochs // 2),
+            device=str(self.device_combo.currentData() or "auto"),
+        )
+
+    def start_training(self, stage: str, *, resume: bool = True) -> None:
+        """Train the teacher, or distil the student from it, in a worker; then predict the slide."""
+        from napari_milkd.core.slide_jobs import slide_stage_job
+
+        layer = self.weak_layer()
+        if layer is None or self.work is None or self.project is None or self.slide_name is None:
+            show_error("milkd: prepare the slide first")
+            return
+        if self.worker is not None:
+            show_warning("milkd: a job is already running")
+            return
+        pos, neg = self.bag_counts()
+        if not (pos and neg):
+            kind = "positive ('contains tumour')" if not pos else "negative ('tumour-free')"
+            show_error(f"milkd: cannot train without {kind} bags: paint or import some first")
+            return
+        self.save_session()
+        info = _info_from_layer(self.viewer.layers[self.slide_name])
+        teacher = self.project.checkpoints / "teacher.pt"
+        if stage == "student" and not teacher.exists():
+            show_error("milkd: train the teacher first")
+            return
+        self.losses = []
+        self.loss_plot.set_values([])
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{stage}: starting…")
+        worker = create_worker(
+            slide_stage_job,
+            stage,
             info.path,
             info.mpp,
-            float(self.target_spin.value()),
-            int(self.tile_spin.value()),
+            self.work,
+            np.array(layer.data, dtype=np.uint8, copy=True),
+            self.train_config(),
+            self.project.checkpoints,
+            hard_labels=None if stage == "teacher" or self.hard is None else self.hard.copy(),
+            teacher_checkpoint=teacher if stage == "student" else None,
+            resume=resume,
         )
-        scale = (float(layer.scale[-2]), float(layer.scale[-1]))
-        self._worker.returned.connect(lambda result: self._show_tissue_tiles(layer.name, scale, result))
-        self._worker.errored.connect(self._on_error)
-        self._worker.finished.connect(lambda: self._busy(False))
-        self._worker.start()
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._stage_done)
+        self._start(worker)
 
-    def _busy(self, busy: bool) -> None:
-        if not busy:
-            self._worker = None
-        self.progress.setVisible(busy)
-        self.progress.setRange(0, 0)
-        self.tiles_button.setEnabled(not busy and self.selected_layer() is not None)
+    def next_round(self) -> None:
+        """The student (its maps and corrections included) becomes the teacher; distil a new student."""
+        if self.project is None or self.worker is not None:
+            return
+        student = self.project.checkpoints / "student.pt"
+        if not student.exists():
+            show_error("milkd: distil a student first")
+            return
+        from napari_milkd.core.atomic import atomic_path
+
+        with atomic_path(self.project.checkpoints / "teacher.pt") as tmp:
+            shutil.copyfile(student, tmp)
+        if "student" in self.probabilities:
+            self._show_stage("teacher", self.probabilities["student"])
+        self.round += 1
+        self.start_training("student", resume=False)
+
+    def cancel(self) -> None:
+        """Stop the running job at its next batch; the last finished epoch stays on disk."""
+        if self.worker is not None:
+            self.status.setText("cancelling after this batch…")
+            self.worker.quit()
+
+    def _start(self, worker: Any) -> None:
+        self.worker = worker
+        self._worker_holder[0] = worker
+        worker.errored.connect(self._on_error)
+        if isinstance(worker, GeneratorWorker):  # only generator workers can be aborted
+            worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._update_buttons()
+        worker.start()
+
+    def _on_event(self, event: Any) -> None:
+        from napari_milkd.core.slide_jobs import job_summary
+
+        self.status.setText(job_summary(event))
+        if hasattr(event, "n_batches"):
+            total = event.n_epochs * event.n_batches
+            self.progress.setRange(0, total)
+            self.progress.setValue((event.epoch - 1) * event.n_batches + event.batch)
+        elif hasattr(event, "total"):
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.done)
+        elif hasattr(event, "train_loss"):
+            self.losses.append(float(event.train_loss))
+            self.loss_plot.set_values(self.losses)
+
+    def _stage_done(self, output: Any) -> None:
+        self._show_stage(output.stage, output.probability)
+        if self.project is not None:
+            self.project.save_array(f"{output.stage}_probability", output.probability.astype(np.float16))
+        best = output.result.best_epoch
+        self.status.setText(
+            f"{output.stage} done: {output.result.epochs} epochs, selected epoch {best} "
+            f"({output.n_positive} positive / {output.n_negative} negative bags)"
+        )
+        show_info(f"milkd: {output.stage} mask ready — paint or erase in it to correct it")
 
     def _on_error(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, MilkdError) else f"{type(exc).__name__}: {exc}"
         show_error(f"milkd: {message}")
+        self.status.setText(f"failed: {message}")
 
-    def _show_tissue_tiles(self, name: str, scale: tuple[float, float], result: TissueTiles) -> None:
-        ds = result.tissue.downsample
-        slide = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (LayerList)
-        units = tuple(str(u) for u in slide.units[-2:]) if slide is not None else None
-        tissue_colors = DirectLabelColormap(color_dict={None: "transparent", 1: "#39d98a"})
-        tile_colors = DirectLabelColormap(color_dict={None: "transparent", 1: "#f5f5f5", 2: "#ffd166"})
-        for layer_name, data, extra in (
-            (
-                f"{name} tissue",
-                result.tissue.mask.astype(np.uint8),
-                {"opacity": 0.3, "colormap": tissue_colors},
-            ),
-            (f"{name} tiles", result.tile_map, {"opacity": 0.9, "colormap": tile_colors}),
-        ):
-            kwargs = mask_layer_kwargs(scale, ds, layer_name, units=units, **extra)
-            if layer_name in self.viewer.layers:
-                existing = self.viewer.layers[layer_name]
-                existing.data = data
-                existing.scale = kwargs["scale"]
-                existing.translate = kwargs["translate"]
-            else:
-                self.viewer.add_labels(data, **kwargs)
-        self.viewer.layers[f"{name} tiles"].contour = 2  # tile outlines, not filled squares
-        grid = result.grid
-        self.result_note.setText(
-            f"{len(grid)} tissue tiles of {grid.tile} px at {grid.mpp:g} µm/px "
-            f"(level {grid.level}); tissue covers {100 * result.tissue.fraction:.0f}% of the slide."
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled — the last finished epoch is kept; train again to continue from it")
+        show_info("milkd: job cancelled")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._worker_holder[0] = None
+        self._update_buttons()
+
+    # --- masks and corrections -------------------------------------------------------------------
+
+    def _show_stage(self, stage: str, probability: np.ndarray) -> None:
+        """Probability image + editable mask for ``stage``; corrections applied; disagreement updated."""
+        assert self.work is not None and self.hard is not None
+        self.probabilities[stage] = probability
+        mask = ((probability > 0.5) & tissue_map(self.work)).astype(np.uint8)
+        mask = apply_corrections(mask, self.hard)
+        self._put_image(f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False)
+        layer = self._put_labels(f"{stage} mask", mask, MASK_COLORS, opacity=0.5)
+        self._snapshots[stage] = mask.copy()
+        if id(layer) not in self._watched:
+            # napari emits ``paint`` before it writes the pixels: re-read once control returns to Qt.
+            layer.events.paint.connect(lambda *_: self._edit_timer.start())
+            self._watched.add(id(layer))
+        if len(self.probabilities) == 2:
+            gap = np.abs(self.probabilities["teacher"] - self.probabilities["student"])
+            self._put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
+        self._update_buttons()
+
+    def collect_corrections(self) -> None:
+        """After a paint/erase in a mask layer: what changed since the last look becomes ground truth.
+
+        Pixels painted with the value they already had are not recorded (they agree with the model).
+        """
+        if self.hard is None:
+            return
+        for stage in STAGES:
+            layer = self._layer(f"{stage} mask")
+            before = self._snapshots.get(stage)
+            if layer is None or before is None or before.shape != layer.data.shape:
+                continue
+            after = np.asarray(layer.data)
+            self.hard = record_corrections(self.hard, before, after)
+            self._snapshots[stage] = after.copy()
+        n = int((self.hard != NO_OPINION).sum())
+        self.review_note.setText(f"{n} corrected pixels (used as ground truth in the next distillation)")
+        self._autosave.start()
+
+    def save_session(self) -> None:
+        """Write weak labels and corrections to the project folder (atomic)."""
+        if self.project is None:
+            return
+        layer = self.weak_layer()
+        try:
+            if layer is not None:
+                self.project.save_array("weak_labels", np.asarray(layer.data, dtype=np.uint8))
+            if self.hard is not None:
+                self.project.save_array("corrections", self.hard)
+        except OSError as exc:
+            show_error(f"milkd: could not save to {self.project.root}: {exc}")
+
+    # --- 4 · review and export -------------------------------------------------------------------
+
+    def next_region(self) -> int | None:
+        """Move the camera to the unreviewed tile where teacher and student disagree most (or, with one
+        model, where it is least certain); return that tile's index."""
+        if self.work is None or not self.probabilities:
+            return None
+        index = np.arange(len(self.work.grid))
+        if len(self.probabilities) == 2:
+            score_map = np.abs(self.probabilities["teacher"] - self.probabilities["student"])
+        else:
+            prob = next(iter(self.probabilities.values()))
+            score_map = 0.5 - np.abs(prob - 0.5)
+        scores = tile_crops(score_map.astype(np.float32), self.work, index).mean(axis=(1, 2))
+        scores[list(self.reviewed)] = -1
+        best = int(np.argmax(scores))
+        if scores[best] < 0:
+            self.review_note.setText("every tile has been reviewed")
+            return None
+        self.reviewed.add(best)
+        geometry = self._slide_geometry()
+        sy, sx = geometry["level0_scale"]
+        y0, x0, y1, x1 = self.work.grid.bounds_l0(best)
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari ≥ 0.9: viewer.scene.camera
+        camera.center = ((y0 + y1) / 2 * sy, (x0 + x1) / 2 * sx)
+        camera.zoom = REVIEW_TILE_SCREEN_PX / ((y1 - y0) * sy)  # the tile fills about 500 screen pixels
+        self.review_note.setText(
+            f"tile {best}: score {scores[best]:.2f} — {len(self.reviewed)} of {len(index)} tiles reviewed"
         )
+        return best
+
+    def export(self, stage: str, fmt: str, path: str | Path) -> Path:
+        """Export ``stage``'s (corrected) mask as ``"geojson"``, ``"asap"`` or ``"ome-zarr"`` to ``path``."""
+        from napari_milkd.core.annotations import (
+            mask_to_polygons,
+            write_asap_xml,
+            write_geojson,
+            write_ome_zarr_labels,
+        )
+
+        layer = self._layer(f"{stage} mask")
+        if layer is None or self.work is None or self.slide_name is None:
+            raise MilkdError(f"there is no {stage} mask to export yet")
+        mask = np.asarray(layer.data) > 0
+        mpp = _info_from_layer(self.viewer.layers[self.slide_name]).mpp
+        target = Path(path)
+        if fmt == "ome-zarr":
+            write_ome_zarr_labels(
+                target, mask.astype(np.uint8), name=stage, mpp=mpp, downsample=self.work.downsample
+            )
+            return target
+        polygons = mask_to_polygons(mask, self.work.downsample, simplify_px=1.0)
+        if fmt == "asap":
+            write_asap_xml(target, polygons)
+        else:
+            write_geojson(target, polygons, mpp=mpp)
+        return target
+
+    def _export_dialog(self) -> None:
+        stage = self.export_stage.currentText()
+        fmt = {0: "geojson", 1: "asap", 2: "ome-zarr"}[self.export_format.currentIndex()]
+        suffix = {"geojson": ".geojson", "asap": ".xml", "ome-zarr": ".zarr"}[fmt]
+        start = str(self.project.exports / f"{stage}{suffix}") if self.project else ""
+        if fmt == "ome-zarr":
+            path = QFileDialog.getSaveFileName(self, "Export OME-Zarr labels", start, "OME-Zarr (*.zarr)")[0]
+        else:
+            path = QFileDialog.getSaveFileName(self, "Export mask", start, f"*{suffix}")[0]
+        if not path:
+            return
+        try:
+            written = self.export(stage, fmt, path)
+        except (MilkdError, OSError) as exc:
+            show_error(f"milkd: export failed: {exc}")
+            return
+        show_info(f"milkd: wrote {written}")
 
 
 def _fmt_mpp(value: float | None) -> str:

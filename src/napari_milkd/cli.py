@@ -21,6 +21,8 @@ from napari_milkd.core.errors import MilkdError
 COMMAND_MODULES: tuple[str, ...] = (
     "napari_milkd.commands.info",
     "napari_milkd.commands.demo",
+    "napari_milkd.commands.train",
+    "napari_milkd.commands.evaluate",
 )
 
 

@@ -50,3 +50,16 @@ def save_screenshot() -> Callable[[np.ndarray, str], None]:
 def not_blank() -> Callable[[np.ndarray], bool]:
     """True when a screenshot shows structure: many distinct colours and real contrast."""
     return _canvas_is_not_blank
+
+
+@pytest.fixture
+def fresh_project(isolated_cache: Path) -> Path:
+    """The sample slide's project folder, emptied: each GUI test starts without saved work."""
+    import shutil
+
+    from napari_milkd.core.project import default_project_dir
+    from napari_milkd.core.sample_slide import ensure_sample_slide
+
+    folder = default_project_dir(ensure_sample_slide().path)
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder

@@ -47,8 +47,8 @@ def test_drag_and_drop_offers_and_uses_our_reader(
     assert tuple(layer.scale) == (1.0, 1.0)  # no µm/px in this file
 
 
-def test_sample_slide_and_widget_find_tissue_tiles(
-    make_napari_viewer, qtbot, not_blank, save_screenshot
+def test_sample_slide_and_widget_prepare(
+    make_napari_viewer, qtbot, not_blank, save_screenshot, fresh_project
 ) -> None:
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
@@ -58,31 +58,36 @@ def test_sample_slide_and_widget_find_tissue_tiles(
     assert slide.multiscale and len(slide.data) == 3
     assert isinstance(truth, Shapes) and tuple(truth.scale) == pytest.approx((0.5, 0.5))
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
     assert isinstance(widget, SlideWidget)
     assert widget.layer_combo.currentText() == "milkd sample slide"
     assert "0.5000 × 0.5000 µm/px" in widget.facts.text()
-    assert "reads level 1" in widget.level_note.text()
+    assert "reads level 0" in widget.level_note.text()  # 1 µm/px needs level 0 (0.5), not level 1 (2.0)
+    assert not widget.train_teacher_button.isEnabled()  # nothing prepared yet
     viewer.reset_view()
     qtbot.wait(200)
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "slide-widget")
     assert not_blank(viewer.screenshot(canvas_only=True, flash=False))
 
-    widget.tiles_button.click()
-    assert not widget.tiles_button.isEnabled()  # busy while the worker runs
+    widget.prepare_button.click()
+    assert not widget.prepare_button.isEnabled()  # busy while the worker runs
     qtbot.waitUntil(lambda: "tissue tiles of" in widget.result_note.text(), timeout=60_000)
-    qtbot.waitUntil(widget.tiles_button.isEnabled, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     tissue = viewer.layers["milkd sample slide tissue"]
     tiles = viewer.layers["milkd sample slide tiles"]
-    for layer in (tissue, tiles):
+    weak = viewer.layers["milkd sample slide weak labels"]
+    for layer in (tissue, tiles, weak):
         assert isinstance(layer, Labels) and not layer.multiscale and layer.editable
-        assert layer.data.shape == tissue.data.shape
+        assert layer.data.shape == widget.work.shape
+        assert tuple(layer.scale) == pytest.approx((0.5 * widget.work.downsample,) * 2)
     # Masks line up with the slide: their world extent equals the slide's.
     slide_extent = slide.extent.world[1] - slide.extent.world[0]
     tissue_extent = tissue.extent.world[1] - tissue.extent.world[0]
     assert tissue_extent == pytest.approx(slide_extent, rel=0.01)
     assert 0.3 < tissue.data.mean() < 0.8
+    assert widget.paint_tumour.isEnabled() and widget.train_teacher_button.isEnabled()
     truth.visible = True
+    viewer.reset_view()
     qtbot.wait(200)
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "slide-widget-tiles")
 
@@ -90,12 +95,12 @@ def test_sample_slide_and_widget_find_tissue_tiles(
 def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot) -> None:
     viewer = make_napari_viewer()
     viewer.open(str(tcga_svs), plugin="napari-milkd")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
     assert "unknown" in widget.facts.text()
     assert not widget.mpp_apply.isHidden()
     before = len(notification_manager.records)
-    widget.start_tissue_tiles()
-    assert widget._worker is None  # refused, with a notification
+    widget.start_prepare()
+    assert widget.worker is None  # refused, with a notification
     assert any("µm/px" in str(n.message) for n in notification_manager.records[before:])
     widget.mpp_spin.setValue(0.25)
     widget.mpp_apply.click()

@@ -210,3 +210,24 @@ def ensure_sample_slide(cache_dir: Path | None = None) -> SampleSlide:
         tumour_polygon_l0=tumour_polygon_l0(),
         tissue_polygon_l0=tissue_polygon_l0(),
     )
+
+
+def coarse_regions(downsample: float, shape: tuple[int, int], tissue: np.ndarray) -> np.ndarray:
+    """Weak labels a pathologist might paint on the sample: a rough "contains tumour" region around the
+    true tumour (1) and "tumour-free" tissue well away from it (2), as a uint8 map at ``downsample``.
+
+    The tumour region is the truth grown by ~40 µm (coarse, overshooting like a quick brush stroke);
+    tumour-free is tissue more than ~150 µm from the tumour.
+    """
+    from scipy import ndimage
+
+    truth = np.zeros(shape, bool)
+    t = truth_mask(downsample)
+    truth[: min(shape[0], t.shape[0]), : min(shape[1], t.shape[1])] = t[: shape[0], : shape[1]]
+    um_per_px = SAMPLE_MPP * downsample
+    near = ndimage.binary_dilation(truth, iterations=max(1, round(40 / um_per_px)))
+    far = ~ndimage.binary_dilation(truth, iterations=max(1, round(150 / um_per_px)))
+    regions = np.zeros(shape, np.uint8)
+    regions[tissue & far] = 2
+    regions[near] = 1
+    return regions

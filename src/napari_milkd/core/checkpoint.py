@@ -1,0 +1,63 @@
+"""Checkpoint files: atomic writes and safe loads.
+
+Owns the on-disk checkpoint format. May import torch and the standard library.
+
+A checkpoint is a dict of tensors and plain Python values only (so ``torch.load(weights_only=True)``
+reads it): ``format`` (:data:`FORMAT`), ``stage``, ``backbone``, ``config`` (dict), ``epoch`` (last
+complete epoch), ``complete`` (bool, the run finished), ``model`` (the selected weights, for inference),
+``last_model`` and ``optimizer`` (to resume), ``history`` (list of dicts), ``best_epoch``, ``best_score``,
+and for the student ``teacher_model``, ``switches`` and ``val_targets``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_milkd.core.errors import CheckpointError
+
+FORMAT = "napari-milkd/checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a napari-milkd checkpoint with ``weights_only=True``; :class:`CheckpointError` if not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a napari-milkd file") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a napari-milkd checkpoint")
+    for key in ("model", "backbone", "config"):
+        if key not in data:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    return data
+
+
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A deep copy of a state dict on the CPU: no tensor shares storage with the source."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

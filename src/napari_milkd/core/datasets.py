@@ -1,0 +1,314 @@
+"""Bags for training and evaluation: an in-memory :class:`BagSet`, image-folder loading, splits, augmentation.
+
+Owns (a) :class:`BagSet`, the one structure every bag source produces (image folders here; slide tile
+bags build it with :meth:`BagSet.from_arrays`), (b) loading a GlaS-style image folder + label CSV,
+(c) the patient-grouped validation split and (d) vectorised flip/rot90 augmentation. May import numpy,
+Pillow and torch (torch only inside :func:`augment`); never napari or Qt.
+
+Shapes: images (N, S, S, 3) uint8 at the training size S; labels (N,) uint8 (1 positive, 0 negative);
+hard labels (N, S, S) uint8 (0, 1, or 255 = no opinion); training-size masks (N, S, S) uint8 {0, 1};
+full-resolution evaluation masks: a list of (H_i, W_i) uint8 {0, 1}.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_milkd.core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IGNORE = 255
+
+
+@dataclass
+class BagSet:
+    """In-memory bags (one image = one bag) with bag labels and optional pixel information.
+
+    ``masks`` (training size) feed full supervision and mask-based validation; ``eval_masks`` (original
+    resolution) feed evaluation; ``hard_labels`` are human corrections that override the teacher.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    groups: np.ndarray | None = None
+    hard_labels: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    eval_masks: list[np.ndarray] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            shape, dtype = self.images.shape, self.images.dtype
+            raise InputError(f"images must be (N, H, W, 3) uint8, got {shape} {dtype}")
+        if len(self.labels) != n or len(self.names) != n:
+            raise InputError("images, labels and names differ in length")
+        if not np.isin(self.labels, (0, 1)).all():
+            raise InputError("bag labels must be 0 (negative) or 1 (positive)")
+        for what, arr in (("hard labels", self.hard_labels), ("masks", self.masks)):
+            if arr is not None and arr.shape != self.images.shape[:3]:
+                raise InputError(f"{what} shape {arr.shape} does not match images {self.images.shape[:3]}")
+        if self.groups is not None and len(self.groups) != n:
+            raise InputError("groups and images differ in length")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        hard_labels: np.ndarray | None = None,
+        groups: Sequence[object] | np.ndarray | None = None,
+        names: Sequence[str] | None = None,
+        masks: np.ndarray | None = None,
+    ) -> BagSet:
+        """Build bags from arrays already at the training size (e.g. slide tiles): (N, S, S, 3) uint8."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        return cls(
+            images=images,
+            labels=np.asarray(labels, dtype=np.uint8),
+            names=list(names) if names is not None else [f"bag_{i}" for i in range(len(images))],
+            groups=None if groups is None else np.asarray(groups, dtype=object),
+            hard_labels=None if hard_labels is None else np.asarray(hard_labels, dtype=np.uint8),
+            masks=None if masks is None else (np.asarray(masks) > 0).astype(np.uint8),
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_pos(self) -> int:
+        """Number of positive bags."""
+        return int(self.labels.sum())
+
+    @property
+    def n_neg(self) -> int:
+        """Number of negative bags."""
+        return len(self) - self.n_pos
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> BagSet:
+        """The bags at ``index`` (copies of the arrays)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return BagSet(
+            images=self.images[idx].copy(),
+            labels=self.labels[idx].copy(),
+            names=[self.names[i] for i in idx],
+            groups=None if self.groups is None else self.groups[idx],
+            hard_labels=None if self.hard_labels is None else self.hard_labels[idx].copy(),
+            masks=None if self.masks is None else self.masks[idx].copy(),
+            eval_masks=None if self.eval_masks is None else [self.eval_masks[i] for i in idx],
+        )
+
+    def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[BagSet, BagSet]:
+        """Split into (train, validation); grouped by ``groups`` (patients) when set; seeded.
+
+        Whole groups go to validation so no group is on both sides. Among 64 seeded shuffles of the groups
+        (each filled to about ``val_fraction`` of the bags), the one whose validation is closest to the
+        overall positive rate and to the target size, with both classes on both sides, is taken.
+        """
+        if not 0 < val_fraction < 1:
+            raise InputError(f"validation fraction must be in (0, 1), got {val_fraction}")
+        groups = self.groups if self.groups is not None else np.arange(len(self), dtype=object)
+        keys = np.array([str(g) for g in groups])
+        uniq = sorted(set(keys.tolist()))
+        if len(uniq) < 2:
+            raise InputError("need at least two groups (patients) to make a validation split")
+        rng = np.random.default_rng(seed)
+        target = val_fraction * len(self)
+        rate = self.labels.mean()
+        best, best_cost = None, np.inf
+        for _ in range(64):
+            chosen: list[str] = []
+            count = 0
+            for gi in rng.permutation(len(uniq)):
+                if count >= target or len(chosen) == len(uniq) - 1:
+                    break
+                chosen.append(uniq[gi])
+                count += int((keys == uniq[gi]).sum())
+            val_mask = np.isin(keys, chosen)
+            lv, lt = self.labels[val_mask], self.labels[~val_mask]
+            both = len(set(lv.tolist())) == 2 and len(set(lt.tolist())) == 2
+            cost = abs(lv.mean() - rate) + abs(val_mask.sum() - target) / len(self) + (0 if both else 10)
+            if cost < best_cost:
+                best, best_cost = val_mask, cost
+        assert best is not None
+        return self.subset(np.flatnonzero(~best)), self.subset(np.flatnonzero(best))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise InputError(f"cannot read image {path}: {type(exc).__name__}") from exc
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except Exception as exc:
+        raise InputError(f"cannot read mask {path}: {type(exc).__name__}") from exc
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1)
+    return (arr > 0).astype(np.uint8)
+
+
+def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if nearest:
+        return np.asarray(Image.fromarray(arr).resize((size, size), resample))
+    return np.asarray(Image.fromarray(arr).resize((size, size), resample, reducing_gap=3.0))
+
+
+def _index_files(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found: {folder}")
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            files.setdefault(p.stem, p)
+            files.setdefault(p.name, p)
+    return files
+
+
+def _find(files: dict[str, Path], name: str, suffixes: Sequence[str] = ("",)) -> Path | None:
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    for candidate in (name, *(stem + s for s in suffixes)):
+        if candidate in files:
+            return files[candidate]
+    return None
+
+
+def read_label_csv(
+    labels_csv: str | Path,
+    name_column: str,
+    label_column: str,
+    positive: str,
+    patient_column: str | None = None,
+) -> list[tuple[str, int, str | None]]:
+    """Read ``(name, label, patient)`` rows; label 1 where the label cell is ``positive`` (any case)."""
+    path = Path(labels_csv)
+    if not path.is_file():
+        raise InputError(f"label CSV not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        for col in (name_column, label_column, patient_column):
+            if col is not None and col not in columns:
+                raise InputError(f"{path.name} has no column {col!r} (columns: {', '.join(columns)})")
+        rows = []
+        for row in reader:
+            name = (row[name_column] or "").strip()
+            if not name:
+                continue
+            label = int((row[label_column] or "").strip().lower() == positive.strip().lower())
+            patient = (row[patient_column] or "").strip() if patient_column else None
+            rows.append((name, label, patient))
+    if not rows:
+        raise InputError(f"{path.name} has no rows")
+    return rows
+
+
+def load_image_folder(
+    images_dir: str | Path,
+    labels_csv: str | Path,
+    name_column: str,
+    label_column: str,
+    positive: str,
+    size: int,
+    masks_dir: str | Path | None = None,
+    patient_column: str | None = None,
+    keep_eval_masks: bool = False,
+    require_both_classes: bool = True,
+) -> BagSet:
+    """Load image-folder bags: images resized to ``size`` × ``size``, labels from the CSV.
+
+    CSV names may be given with or without extension. Masks are matched by name (``NAME.*`` or
+    ``NAME_anno.*``) and must have the image's size; they are kept at the training size (``masks``) and,
+    with ``keep_eval_masks``, at full resolution (``eval_masks``). CSV rows without an image are listed in
+    ``skipped``. Raises :class:`InputError` for no images, a missing column, a mask size mismatch, or
+    (with ``require_both_classes``) no positive or no negative bag.
+    """
+    if size < 16:
+        raise InputError(f"size must be at least 16 px, got {size}")
+    files = _index_files(Path(images_dir), "images")
+    if not files:
+        raise InputError(f"no images found in {images_dir}")
+    rows = read_label_csv(labels_csv, name_column, label_column, positive, patient_column)
+    mask_files = _index_files(Path(masks_dir), "masks") if masks_dir is not None else None
+    images, labels, names, groups, masks, eval_masks, skipped = [], [], [], [], [], [], []
+    for name, label, patient in rows:
+        img_path = _find(files, name)
+        if img_path is None:
+            skipped.append(name)
+            continue
+        img = _read_rgb(img_path)
+        if mask_files is not None:
+            mask_path = _find(mask_files, img_path.stem, ("", "_anno", "_mask"))
+            if mask_path is None:
+                raise InputError(f"no mask for image {img_path.name} in {masks_dir}")
+            mask = _read_mask(mask_path)
+            if mask.shape != img.shape[:2]:
+                raise InputError(
+                    f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                    f"{img.shape[1]}x{img.shape[0]}"
+                )
+            masks.append(_resize(mask, size, nearest=True))
+            if keep_eval_masks:
+                eval_masks.append(mask)
+        images.append(_resize(img, size, nearest=False))
+        labels.append(label)
+        names.append(img_path.stem)
+        groups.append(patient)
+    if not images:
+        raise InputError(f"no image in {images_dir} matches a name in {Path(labels_csv).name}")
+    lab = np.asarray(labels, dtype=np.uint8)
+    if require_both_classes and (lab.min() == lab.max()):
+        which = "negative" if lab.min() == 1 else "positive"
+        raise InputError(f"no {which} bag: check --label-column and --positive")
+    return BagSet(
+        images=np.stack(images),
+        labels=lab,
+        names=names,
+        groups=np.asarray(groups, dtype=object) if patient_column else None,
+        masks=np.stack(masks) if masks else None,
+        eval_masks=eval_masks if keep_eval_masks and mask_files is not None else None,
+        skipped=skipped,
+    )
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random dihedral transform (flips × rot90) per sample of a square batch (N, C, S, S), vectorised.
+
+    Stack images with their masks along C so both get the same transform. The random draws use
+    ``generator`` (on the CPU) so a seeded run is reproducible on any device.
+    """
+    import torch
+
+    n = x.shape[0]
+    codes = torch.randint(0, 8, (n,), generator=generator).to(x.device)
+    flip = (codes & 1).bool().view(-1, 1, 1, 1)
+    x = torch.where(flip, x.flip(-1), x)
+    rot = codes >> 1
+    out = x.clone()
+    for k in (1, 2, 3):  # loop over the 3 rotation amounts, each vectorised over its samples
+        idx = torch.nonzero(rot == k).flatten()
+        if idx.numel():
+            out[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
+    return out

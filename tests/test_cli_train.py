@@ -1,0 +1,178 @@
+"""``milkd train`` / ``milkd evaluate`` end to end on a synthetic folder (and on GlaS when present)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_milkd.cli import main
+
+SHARED_GLAS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glas_dev"
+KEYS = {"f1_pos", "iou_pos", "hd_pos", "hd95_pos", "f1_neg", "n_pos", "n_neg"}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """12 images (red squares on noise in the positive ones), masks, and labels.csv grouped by patient."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = [("name", "patient", "label")]
+    for i in range(12):
+        img = rng.integers(60, 140, (40, 36, 3), dtype=np.uint8)
+        mask = np.zeros((40, 36), np.uint8)
+        if i % 2:
+            mask[8:24, 10:26] = 255
+            img[mask > 0] = (220, 40, 40)
+        Image.fromarray(img).save(tmp_path / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"im{i}.png")
+        rows.append((f"im{i}", f"p{i // 2}", "tumour" if i % 2 else "normal"))
+    with (tmp_path / "labels.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return tmp_path
+
+
+def data_args(root: Path, labels: str = "labels.csv", positive: str = "tumour") -> list[str]:
+    return [
+        "--images", str(root / "images"), "--labels", str(root / labels), "--name-column", "name",
+        "--label-column", "label", "--positive", positive,
+    ]  # fmt: skip
+
+
+TRAIN = ["--backbone", "tiny", "--size", "32", "--batch-size", "4", "--teacher-epochs", "2",
+         "--student-epochs", "2", "--switch-every", "1", "--device", "cpu"]  # fmt: skip
+
+
+def test_train_then_evaluate_json(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = folder / "run"
+    assert main(["train", *data_args(folder), "--patient-column", "patient", "--out", str(run), *TRAIN]) == 0
+    for name in ("teacher.pt", "student.pt", "config.json", "history.jsonl"):
+        assert (run / name).is_file()
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in history] == [
+        ("teacher", 1),
+        ("teacher", 2),
+        ("student", 1),
+        ("student", 2),
+    ]
+    assert history[2]["switched_to_epoch"] == 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["backbone"] == "tiny"
+    patients = {n: f"p{int(n[2:]) // 2}" for n in config["data"]["train"] + config["data"]["val"]}
+    val_patients = {patients[n] for n in config["data"]["val"]}
+    assert not val_patients & {patients[n] for n in config["data"]["train"]}
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "--run", str(run), *data_args(folder), "--masks", str(folder / "masks"), "--json"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    result = json.loads(out)  # exactly one JSON object
+    assert out.strip().count("\n") == 0
+    assert set(result) == {"teacher", "student"}
+    for model in result.values():
+        assert set(model) == KEYS and model["n_pos"] == 6 and model["n_neg"] == 6
+        assert 0 <= model["f1_pos"] <= 1 and 0 <= model["f1_neg"] <= 1
+
+
+def test_resume_and_refuse_overwrite(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = folder / "run"
+    args = ["train", *data_args(folder), "--out", str(run), *TRAIN]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = (run / "history.jsonl").read_text()
+    assert main([*args, "--resume"]) == 0  # complete run: nothing left to train, history unchanged
+    assert (run / "history.jsonl").read_text() == before
+
+
+def test_full_supervision_run_reports_student(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = folder / "full"
+    masks = ["--masks", str(folder / "masks")]
+    assert (
+        main(["train", *data_args(folder), *masks, "--out", str(run), "--supervision", "full", *TRAIN]) == 0
+    )
+    assert (run / "student.pt").is_file() and not (run / "teacher.pt").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), *data_args(folder), *masks, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["teacher"] is None and set(result["student"]) == KEYS
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--backbone", "resnet"], "unknown backbone"),
+        (["--label-column", "grade"], "no column 'grade'"),
+        (["--positive", "cancer"], "no positive bag"),
+        (["--weights", "/nonexistent/vgg16.pth"], "weights file not found"),
+        (["--supervision", "full"], "needs --masks"),
+        (["--images", "/nonexistent/images"], "images folder not found"),
+    ],
+)
+def test_errors_are_one_line_exit_2(
+    folder: Path, capsys: pytest.CaptureFixture[str], change: list[str], message: str
+) -> None:
+    args = ["train", *data_args(folder), "--out", str(folder / "run"), *TRAIN]
+    for i in range(0, len(change), 2):
+        pos = args.index(change[i]) if change[i] in args else None
+        if pos is None:
+            args += change[i : i + 2]
+        else:
+            args[pos + 1] = change[i + 1]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milkd: error: ") and message in err and err.count("\n") == 1
+
+
+def test_mask_size_mismatch_and_unreadable_weights(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / "masks" / "im3.png")
+    args = ["train", *data_args(folder), "--out", str(folder / "run"), *TRAIN]
+    assert main([*args, "--masks", str(folder / "masks")]) == 2
+    assert "im3.png is 5x5 but its image is 36x40" in capsys.readouterr().err
+    bad = folder / "bad.pth"
+    bad.write_bytes(b"\x00garbage")
+    vgg = [a if a != "tiny" else "vgg16" for a in args]
+    assert main([*vgg, "--weights", str(bad)]) == 2
+    assert "cannot read weights file" in capsys.readouterr().err
+
+
+def test_glas_end_to_end_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not (SHARED_GLAS / "grade_train.csv").is_file():
+        pytest.skip("../shared/data/glas_dev is not available")
+    with (SHARED_GLAS / "grade_train.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    keep = [r for r in rows if r["patient_id"] in {"3", "4", "6", "10"}][:16]
+    with (tmp_path / "sub.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+    data = [
+        "--images", str(SHARED_GLAS / "images"), "--labels", str(tmp_path / "sub.csv"),
+        "--name-column", "name",
+        "--label-column", "grade_glas", "--positive", "malignant", "--masks", str(SHARED_GLAS / "masks"),
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    short = [
+        "--backbone",
+        "tiny",
+        "--size",
+        "64",
+        "--teacher-epochs",
+        "1",
+        "--student-epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    assert main(["train", *data, "--patient-column", "patient_id", "--out", str(run), *short]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), *data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["student"]["n_pos"] + result["student"]["n_neg"] == len(keep)
