@@ -7,13 +7,13 @@ MILKD_GUI_PACKAGES=1 source "$ROOT/scripts/setup-env.sh"
 cd "$ROOT"
 
 echo "== ruff"
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
 echo "== import-linter (core is headless, only the widget touches Qt)"
 .venv/bin/lint-imports
 echo "== pytest (GUI tests under xvfb-run)"
 set +e
-MILKD_REQUIRE_GUI=1 QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" \
+HYPOTHESIS_PROFILE=ci MILKD_REQUIRE_GUI=1 QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" \
   .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from napari_milkd.core.sample_slide import write_pyramidal_tiff
+
+# CI (scripts/test.sh) runs the property tests derandomized, so a run is repeatable; locally they explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MILKD_SHARED_DATA") or (REPO / ".." / "shared" / "data")).resolve()

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -166,6 +167,97 @@ class LossPlot(QWidget):
         painter.end()
 
 
+class TrainingPanel(QWidget):
+    """Training controls shared by the slide and image-folder widgets: backbone, device, epochs, batch,
+    a progress bar, a status line, a loss plot and Cancel. Owns turning job events into progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone_combo = QComboBox()
+        self.backbone_combo.addItems(["efficientnet_lite0", "tiny", "vgg16"])
+        self.backbone_combo.setToolTip(
+            "efficientnet_lite0: ImageNet weights shipped with the plugin; vgg16: the paper's (needs its "
+            "weights file or a network connection); tiny: seconds on a CPU, for trying things out"
+        )
+        self.device_combo = _LazyComboBox(self._fill_devices)
+        self.device_combo.addItem("auto", "auto")
+        self.device_combo.addItem("cpu", "cpu")
+        self.teacher_epochs = QSpinBox(minimum=1, maximum=500, value=6)
+        self.student_epochs = QSpinBox(minimum=1, maximum=1000, value=6)
+        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=16)
+        self.cancel_button = QPushButton("Cancel")
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.loss_plot = LossPlot()
+        self.losses: list[float] = []
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Backbone", self.backbone_combo)
+        form.addRow("Device", self.device_combo)
+        epochs = QHBoxLayout()
+        epochs.addWidget(QLabel("teacher"))
+        epochs.addWidget(self.teacher_epochs)
+        epochs.addWidget(QLabel("student"))
+        epochs.addWidget(self.student_epochs)
+        form.addRow("Epochs", epochs)
+        form.addRow("Batch size", self.batch_spin)
+        self.form = form
+
+    def add_progress_rows(self) -> None:
+        """Append progress bar, status line and loss plot (after the caller's own buttons)."""
+        self.form.addRow(self.progress)
+        self.form.addRow(self.status)
+        self.form.addRow(self.loss_plot)
+
+    def _fill_devices(self, combo: QComboBox) -> None:
+        """Probe devices (this imports torch) when the list is first opened, not when the widget opens."""
+        from napari_milkd.core.slide_jobs import available_devices
+
+        current = combo.currentData()
+        combo.clear()
+        for value, text in available_devices():
+            combo.addItem(text, value)
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+
+    def config(self, size: int, **overrides: Any) -> TrainConfig:
+        """The training configuration the form describes, for ``size``-px inputs."""
+        student_epochs = int(self.student_epochs.value())
+        return TrainConfig(
+            backbone=self.backbone_combo.currentText(),
+            size=size,
+            batch_size=int(self.batch_spin.value()),
+            teacher_epochs=int(self.teacher_epochs.value()),
+            student_epochs=student_epochs,
+            switch_every=max(1, student_epochs // 2),
+            device=str(self.device_combo.currentData() or "auto"),
+            **overrides,
+        )
+
+    def reset(self, text: str) -> None:
+        """Clear the loss plot and show ``text`` with a busy bar."""
+        self.losses = []
+        self.loss_plot.set_values([])
+        self.progress.setRange(0, 0)
+        self.status.setText(text)
+
+    def on_event(self, event: Any) -> None:
+        """Show a job event: batch progress, prediction progress, epoch loss, role reversal."""
+        from napari_milkd.core.slide_jobs import job_summary
+
+        self.status.setText(job_summary(event))
+        if hasattr(event, "n_batches"):
+            self.progress.setRange(0, event.n_epochs * event.n_batches)
+            self.progress.setValue((event.epoch - 1) * event.n_batches + event.batch)
+        elif hasattr(event, "total"):
+            self.progress.setRange(0, event.total)
+            self.progress.setValue(event.done)
+        elif hasattr(event, "train_loss"):
+            self.losses.append(float(event.train_loss))
+            self.loss_plot.set_values(self.losses)
+
+
 class SlideWidget(QWidget):
     """napari-milkd: weak labels in, teacher and student masks out, corrected by hand, exported."""
 
@@ -182,7 +274,7 @@ class SlideWidget(QWidget):
         self._snapshots: dict[str, np.ndarray] = {}
         self.reviewed: set[int] = set()
         self._watched: set[int] = set()
-        self.losses: list[float] = []
+        self._weak_labels: Labels | None = None
         self.round = 0
         self._autosave = QTimer(self, singleShot=True, interval=600)
         self._autosave.timeout.connect(self.save_session)
@@ -219,33 +311,37 @@ class SlideWidget(QWidget):
         self.result_note = QLabel("")
         self.result_note.setWordWrap(True)
 
-        self.paint_tumour = QPushButton("Paint: contains tumour")
-        self.paint_free = QPushButton("Paint: tumour-free")
-        self.all_free = QPushButton("Whole slide tumour-free")
-        self.import_button = QPushButton("Import regions…")
+        self.paint_tumour = QPushButton("Paint tumour")
+        self.paint_tumour.setToolTip("Brush: regions that contain tumour (label 1, red)")
+        self.paint_free = QPushButton("Paint tumour-free")
+        self.paint_free.setToolTip("Brush: regions without tumour (label 2, green)")
+        self.all_free = QPushButton("All tumour-free")
+        self.all_free.setToolTip("Mark all tissue tumour-free (a negative slide); painted tumour is kept")
+        self.import_button = QPushButton("Import…")
         self.import_button.setToolTip("QuPath GeoJSON or ASAP XML: Tumor → contains tumour, others → free")
         self.bag_note = QLabel("")
         self.bag_note.setWordWrap(True)
 
-        self.backbone_combo = QComboBox()
-        self.backbone_combo.addItems(["efficientnet_lite0", "tiny", "vgg16"])
-        self.device_combo = _LazyComboBox(self._fill_devices)
-        self.device_combo.addItem("auto", "auto")
-        self.device_combo.addItem("cpu", "cpu")
-        self.teacher_epochs = QSpinBox(minimum=1, maximum=500, value=6)
-        self.student_epochs = QSpinBox(minimum=1, maximum=1000, value=6)
-        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=16)
+        self.training = TrainingPanel()
+        t = self.training
+        self.backbone_combo, self.device_combo = t.backbone_combo, t.device_combo
+        self.teacher_epochs, self.student_epochs, self.batch_spin = (
+            t.teacher_epochs,
+            t.student_epochs,
+            t.batch_spin,
+        )
+        self.cancel_button, self.progress, self.status, self.loss_plot = (
+            t.cancel_button,
+            t.progress,
+            t.status,
+            t.loss_plot,
+        )
         self.train_teacher_button = QPushButton("Train teacher")
         self.train_student_button = QPushButton("Distil student")
         self.next_round_button = QPushButton("Next round")
         self.next_round_button.setToolTip(
             "The student (with your corrections) becomes the teacher; distil again."
         )
-        self.cancel_button = QPushButton("Cancel")
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.loss_plot = LossPlot()
 
         self.review_button = QPushButton("Next region to review")
         self.review_note = QLabel("")
@@ -280,27 +376,17 @@ class SlideWidget(QWidget):
         weak.addWidget(self.bag_note)
 
         train_box = QGroupBox("3 · Teacher and student")
-        tform = QFormLayout(train_box)
-        tform.addRow("Backbone", self.backbone_combo)
-        tform.addRow("Device", self.device_combo)
-        epochs = QHBoxLayout()
-        epochs.addWidget(QLabel("teacher"))
-        epochs.addWidget(self.teacher_epochs)
-        epochs.addWidget(QLabel("student"))
-        epochs.addWidget(self.student_epochs)
-        tform.addRow("Epochs", epochs)
-        tform.addRow("Batch size", self.batch_spin)
+        tbox = QVBoxLayout(train_box)
+        tbox.addWidget(self.training)
         buttons = QHBoxLayout()
         buttons.addWidget(self.train_teacher_button)
         buttons.addWidget(self.train_student_button)
-        tform.addRow(buttons)
+        self.training.form.addRow(buttons)
         buttons = QHBoxLayout()
         buttons.addWidget(self.next_round_button)
         buttons.addWidget(self.cancel_button)
-        tform.addRow(buttons)
-        tform.addRow(self.progress)
-        tform.addRow(self.status)
-        tform.addRow(self.loss_plot)
+        self.training.form.addRow(buttons)
+        self.training.add_progress_rows()
 
         review_box = QGroupBox("4 · Review and export")
         rform = QFormLayout(review_box)
@@ -310,18 +396,7 @@ class SlideWidget(QWidget):
         rform.addRow("Format", self.export_format)
         rform.addRow(self.export_button)
 
-        inner = QWidget()
-        layout = QVBoxLayout(inner)
-        for box in (slide_box, weak_box, train_box, review_box):
-            layout.addWidget(box)
-        layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(inner)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
-        self.setMinimumWidth(360)
+        _stack_in_scroll_area(self, (slide_box, weak_box, train_box, review_box))
 
         self.layer_combo.currentIndexChanged.connect(self._show_facts)
         self.target_spin.valueChanged.connect(self._show_facts)
@@ -339,15 +414,12 @@ class SlideWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self._update_buttons()
 
-    def _fill_devices(self, combo: QComboBox) -> None:
-        """Probe devices (this imports torch) when the list is first opened, not when the widget opens."""
-        from napari_milkd.core.slide_jobs import available_devices
-
-        current = combo.currentData()
-        combo.clear()
-        for value, text in available_devices():
-            combo.addItem(text, value)
-        combo.setCurrentIndex(max(0, combo.findData(current)))
+    def hideEvent(self, event: Any) -> None:
+        """Closing the viewer hides the dock first: write edits whose autosave is still pending."""
+        if self._autosave.isActive():
+            self._autosave.stop()
+            self.save_session()
+        super().hideEvent(event)
 
     # --- slide layer and facts -------------------------------------------------------------------
 
@@ -453,7 +525,8 @@ class SlideWidget(QWidget):
         units = MICROMETRES if info.has_mpp else None
         return {"level0_scale": scale, "units": units, "mpp": info.mpp}
 
-    def _put_labels(self, what: str, data: np.ndarray, colors: dict[Any, str], **extra: Any) -> Labels:
+    def _put_layer(self, kind: str, what: str, data: np.ndarray, **extra: Any) -> Any:
+        """Update the working-resolution layer ``what`` or add it (``kind``: labels/image) over the slide."""
         assert self.work is not None
         existing = self._existing(what, data.shape)
         if existing is not None:
@@ -466,27 +539,19 @@ class SlideWidget(QWidget):
             self._layer_name(what),
             units=geometry["units"],
             mpp=geometry["mpp"],
-            colormap=DirectLabelColormap(color_dict=colors),
             **extra,
         )
-        return self.viewer.add_labels(data, **kwargs)
+        return (
+            self.viewer.add_labels(data, **kwargs)
+            if kind == "labels"
+            else self.viewer.add_image(data, **kwargs)
+        )
+
+    def _put_labels(self, what: str, data: np.ndarray, colors: dict[Any, str], **extra: Any) -> Labels:
+        return self._put_layer("labels", what, data, colormap=DirectLabelColormap(color_dict=colors), **extra)
 
     def _put_image(self, what: str, data: np.ndarray, **extra: Any) -> Image:
-        assert self.work is not None
-        existing = self._existing(what, data.shape)
-        if existing is not None:
-            existing.data = data
-            return existing
-        geometry = self._slide_geometry()
-        kwargs = mask_layer_kwargs(
-            geometry["level0_scale"],
-            self.work.downsample,
-            self._layer_name(what),
-            units=geometry["units"],
-            mpp=geometry["mpp"],
-            **extra,
-        )
-        return self.viewer.add_image(data, **kwargs)
+        return self._put_layer("image", what, data, **extra)
 
     def _existing(self, what: str, shape: tuple[int, ...]) -> Any:
         """The layer ``what`` if it exists with ``shape``; a layer of another shape is removed."""
@@ -514,7 +579,12 @@ class SlideWidget(QWidget):
         self.status.setText("finding tissue and tiles…")
         self.progress.setRange(0, 0)
         worker = create_worker(
-            prepare_slide, info.path, info.mpp, float(self.target_spin.value()), int(self.tile_spin.value())
+            prepare_slide,
+            info.path,
+            info.mpp,
+            float(self.target_spin.value()),
+            int(self.tile_spin.value()),
+            _ignore_errors=True,  # shown once, by _on_error, as a one-line notification
         )
         worker.returned.connect(lambda work: self._prepared(layer.name, info, work))
         self._start(worker)
@@ -535,9 +605,11 @@ class SlideWidget(QWidget):
         self.result_note.setText(
             f"{len(grid)} tissue tiles of {grid.tile} px at {grid.mpp:g} µm/px (level {grid.level}); "
             f"tissue covers {100 * work.tissue.fraction:.0f}% of the slide.<br>"
-            f"Project folder: <code>{self.project.root}</code>"
+            f"Saved in <i>{self.project.root.name}</i>"
         )
         self.result_note.setTextFormat(Qt.TextFormat.RichText)
+        self.result_note.setToolTip(f"Project folder (autosaved): {self.project.root}")
+        self.status.setText("")
         self.project.save_settings(
             {
                 "slide": info.path,
@@ -560,6 +632,7 @@ class SlideWidget(QWidget):
         if saved is not None and saved[0].shape == shape:
             restored.append("weak labels")
         layer = self._put_labels("weak labels", weak, WEAK_COLORS, opacity=0.45)
+        self._weak_labels = layer  # kept: napari may remove the layer before the dock is hidden on close
         layer.brush_size = max(10, self.work.grid.tile // 2)
         layer.events.paint.connect(self._on_weak_paint)
         layer.events.data.connect(self._on_weak_paint)
@@ -658,16 +731,7 @@ class SlideWidget(QWidget):
     def train_config(self) -> TrainConfig:
         """The training configuration the form describes."""
         assert self.work is not None
-        student_epochs = int(self.student_epochs.value())
-        return TrainConfig(
-            backbone=self.backbone_combo.currentText(),
-            size=self.work.grid.tile,
-            batch_size=int(self.batch_spin.value()),
-            teacher_epochs=int(self.teacher_epochs.value()),
-            student_epochs=student_epochs,
-            switch_every=max(1, student_epochs // 2),
-            device=str(self.device_combo.currentData() or "auto"),
-        )
+        return self.training.config(self.work.grid.tile)
 
     def start_training(self, stage: str, *, resume: bool = True) -> None:
         """Train the teacher, or distil the student from it, in a worker; then predict the slide."""
@@ -691,10 +755,7 @@ class SlideWidget(QWidget):
         if stage == "student" and not teacher.exists():
             show_error("milkd: train the teacher first")
             return
-        self.losses = []
-        self.loss_plot.set_values([])
-        self.progress.setRange(0, 0)
-        self.status.setText(f"{stage}: starting…")
+        self.training.reset(f"{stage}: starting…")
         worker = create_worker(
             slide_stage_job,
             stage,
@@ -707,6 +768,7 @@ class SlideWidget(QWidget):
             hard_labels=None if stage == "teacher" or self.hard is None else self.hard.copy(),
             teacher_checkpoint=teacher if stage == "student" else None,
             resume=resume,
+            _ignore_errors=True,
         )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._stage_done)
@@ -746,19 +808,7 @@ class SlideWidget(QWidget):
         worker.start()
 
     def _on_event(self, event: Any) -> None:
-        from napari_milkd.core.slide_jobs import job_summary
-
-        self.status.setText(job_summary(event))
-        if hasattr(event, "n_batches"):
-            total = event.n_epochs * event.n_batches
-            self.progress.setRange(0, total)
-            self.progress.setValue((event.epoch - 1) * event.n_batches + event.batch)
-        elif hasattr(event, "total"):
-            self.progress.setRange(0, event.total)
-            self.progress.setValue(event.done)
-        elif hasattr(event, "train_loss"):
-            self.losses.append(float(event.train_loss))
-            self.loss_plot.set_values(self.losses)
+        self.training.on_event(event)
 
     def _stage_done(self, output: Any) -> None:
         self._show_stage(output.stage, output.probability)
@@ -766,13 +816,13 @@ class SlideWidget(QWidget):
             self.project.save_array(f"{output.stage}_probability", output.probability.astype(np.float16))
         best = output.result.best_epoch
         self.status.setText(
-            f"{output.stage} done: {output.result.epochs} epochs, selected epoch {best} "
+            f"{output.stage} done: {output.result.epochs} epoch(s), selected epoch {best} "
             f"({output.n_positive} positive / {output.n_negative} negative bags)"
         )
         show_info(f"milkd: {output.stage} mask ready — paint or erase in it to correct it")
 
     def _on_error(self, exc: Exception) -> None:
-        message = str(exc) if isinstance(exc, MilkdError) else f"{type(exc).__name__}: {exc}"
+        message = _error_text(exc)
         show_error(f"milkd: {message}")
         self.status.setText(f"failed: {message}")
 
@@ -828,7 +878,7 @@ class SlideWidget(QWidget):
         """Write weak labels and corrections to the project folder (atomic)."""
         if self.project is None:
             return
-        layer = self.weak_layer()
+        layer = self.weak_layer() or self._weak_labels
         try:
             if layer is not None:
                 self.project.save_array("weak_labels", np.asarray(layer.data, dtype=np.uint8))
@@ -914,5 +964,244 @@ class SlideWidget(QWidget):
         show_info(f"milkd: wrote {written}")
 
 
+def _stack_in_scroll_area(owner: QWidget, boxes: tuple[QWidget, ...]) -> None:
+    """Lay ``boxes`` out top to bottom in a vertically scrolling area filling ``owner``."""
+    inner = QWidget()
+    layout = QVBoxLayout(inner)
+    for box in boxes:
+        layout.addWidget(box)
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    owner.setMinimumWidth(440)
+
+
+def _error_text(exc: Exception) -> str:
+    """A user-facing line for a worker's exception: our own messages as they are, others with their type."""
+    return str(exc) if isinstance(exc, MilkdError) else f"{type(exc).__name__}: {exc}"
+
+
 def _fmt_mpp(value: float | None) -> str:
     return "?" if value is None else f"{value:.3f}"
+
+
+class ImageFolderWidget(QWidget):
+    """The paper's setting: a folder of images with image-level labels in a CSV (e.g. GlaS).
+
+    Load the bags, train teacher and student in the background, then review the images one by one with
+    both masks (and the ground truth when a masks folder is given). Checkpoints go to a run folder next to
+    the images (``<images>.milkd-run``), so a cancelled run continues where it stopped.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.bags: Any = None
+        self.output: Any = None
+        self.index = 0
+
+        self.images_edit = QLineEdit()
+        self.csv_edit = QLineEdit()
+        self.masks_edit = QLineEdit()
+        self.masks_edit.setPlaceholderText("optional: ground truth for review only")
+        self.name_column = QLineEdit("name")
+        self.label_column = QLineEdit("label")
+        self.positive_value = QLineEdit("tumour")
+        self.patient_column = QLineEdit()
+        self.patient_column.setPlaceholderText("optional: keeps a patient on one side of the split")
+        self.size_spin = QSpinBox(minimum=32, maximum=1024, singleStep=32, value=128)
+        self.size_spin.setSuffix(" px")
+        self.load_button = QPushButton("Load images")
+        self.load_note = QLabel("")
+        self.load_note.setWordWrap(True)
+        self.training = TrainingPanel()
+        self.train_button = QPushButton("Train teacher and student")
+        self.prev_button = QPushButton("◀ Previous")
+        self.next_button = QPushButton("Next ▶")
+        self.review_note = QLabel("")
+        self.review_note.setWordWrap(True)
+
+        data_box = QGroupBox("1 · Images and labels")
+        form = QFormLayout(data_box)
+        for label, edit, title, is_dir in (
+            ("Images", self.images_edit, "Image folder", True),
+            ("Label CSV", self.csv_edit, "Label CSV", False),
+            ("Masks", self.masks_edit, "Mask folder", True),
+        ):
+            row = QHBoxLayout()
+            row.addWidget(edit)
+            browse = QPushButton("…")
+            browse.setMaximumWidth(32)
+            browse.clicked.connect(lambda _=False, e=edit, t=title, d=is_dir: self._browse(e, t, d))
+            row.addWidget(browse)
+            form.addRow(label, row)
+        form.addRow("Name column", self.name_column)
+        form.addRow("Label column", self.label_column)
+        form.addRow("Positive value", self.positive_value)
+        form.addRow("Patient column", self.patient_column)
+        form.addRow("Image size", self.size_spin)
+        form.addRow(self.load_button)
+        form.addRow(self.load_note)
+
+        train_box = QGroupBox("2 · Teacher and student")
+        tbox = QVBoxLayout(train_box)
+        tbox.addWidget(self.training)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.training.cancel_button)
+        self.training.form.addRow(buttons)
+        self.training.add_progress_rows()
+
+        review_box = QGroupBox("3 · Review image by image")
+        rbox = QVBoxLayout(review_box)
+        row = QHBoxLayout()
+        row.addWidget(self.prev_button)
+        row.addWidget(self.next_button)
+        rbox.addLayout(row)
+        rbox.addWidget(self.review_note)
+
+        _stack_in_scroll_area(self, (data_box, train_box, review_box))
+
+        self.load_button.clicked.connect(self.start_load)
+        self.train_button.clicked.connect(self.start_training)
+        self.training.cancel_button.clicked.connect(lambda: self.worker is not None and self.worker.quit())
+        self.prev_button.clicked.connect(lambda: self.show_image(self.index - 1))
+        self.next_button.clicked.connect(lambda: self.show_image(self.index + 1))
+        self._update_buttons()
+
+    def _browse(self, edit: QLineEdit, title: str, is_dir: bool) -> None:
+        if is_dir:
+            path = QFileDialog.getExistingDirectory(self, title)
+        else:
+            path = QFileDialog.getOpenFileName(self, title, "", "CSV (*.csv *.tsv *.txt)")[0]
+        if path:
+            edit.setText(path)
+
+    def _update_buttons(self) -> None:
+        busy = self.worker is not None
+        self.load_button.setEnabled(not busy)
+        self.train_button.setEnabled(not busy and self.bags is not None)
+        self.training.cancel_button.setEnabled(busy)
+        self.training.progress.setVisible(busy)
+        reviewable = self.output is not None
+        self.prev_button.setEnabled(reviewable and self.index > 0)
+        self.next_button.setEnabled(reviewable and self.bags is not None and self.index < len(self.bags) - 1)
+
+    def run_dir(self) -> Path:
+        """Where checkpoints go: ``<images folder>.milkd-run`` beside the images."""
+        images = Path(self.images_edit.text()).expanduser().resolve()
+        return images.parent / f"{images.name}.milkd-run"
+
+    def _start(self, worker: Any, on_done: Any) -> None:
+        self.worker = worker
+        worker.returned.connect(on_done)
+        worker.errored.connect(self._on_error)
+        if isinstance(worker, GeneratorWorker):
+            worker.yielded.connect(self.training.on_event)
+            worker.aborted.connect(
+                lambda: self.training.status.setText(
+                    "cancelled — train again to continue from the last epoch"
+                )
+            )
+        worker.finished.connect(self._on_finished)
+        self._update_buttons()
+        worker.start()
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._update_buttons()
+
+    def _on_error(self, exc: Exception) -> None:
+        message = _error_text(exc)
+        show_error(f"milkd: {message}")
+        self.training.status.setText(f"failed: {message}")
+
+    def start_load(self) -> None:
+        """Read images, labels (and masks) in a worker."""
+        from napari_milkd.core.datasets import load_image_folder
+
+        if self.worker is not None:
+            return
+        if not self.images_edit.text() or not self.csv_edit.text():
+            show_error("milkd: choose an image folder and a label CSV")
+            return
+        self.training.reset("loading images…")
+        worker = create_worker(
+            load_image_folder,
+            self.images_edit.text(),
+            self.csv_edit.text(),
+            self.name_column.text(),
+            self.label_column.text(),
+            self.positive_value.text(),
+            int(self.size_spin.value()),
+            masks_dir=self.masks_edit.text() or None,
+            patient_column=self.patient_column.text() or None,
+            _ignore_errors=True,
+        )
+        self._start(worker, self._loaded)
+
+    def _loaded(self, bags: Any) -> None:
+        self.bags = bags
+        self.output = None
+        skipped = f", {len(bags.skipped)} rows skipped" if bags.skipped else ""
+        self.load_note.setText(f"{len(bags)} images: {bags.n_pos} positive, {bags.n_neg} negative{skipped}")
+        self.training.status.setText("")
+
+    def start_training(self) -> None:
+        """Train teacher then student in a worker, then predict every image."""
+        from napari_milkd.core.folder_jobs import folder_training_job
+
+        if self.bags is None or self.worker is not None:
+            return
+        self.training.reset("teacher: starting…")
+        config = self.training.config(int(self.bags.images.shape[1]))
+        worker = create_worker(folder_training_job, self.bags, config, self.run_dir(), _ignore_errors=True)
+        self._start(worker, self._trained)
+
+    def _trained(self, output: Any) -> None:
+        self.output = output
+        self.training.status.setText(f"done — checkpoints in {output.run_dir}")
+        self.show_image(0)
+
+    def show_image(self, index: int) -> None:
+        """Show image ``index`` with the teacher's and student's masks (and its ground truth)."""
+        if self.bags is None or self.output is None:
+            return
+        index = int(np.clip(index, 0, len(self.bags) - 1))
+        self.index = index
+        layers: list[tuple[str, np.ndarray, str, dict[str, Any]]] = [
+            ("image", self.bags.images[index], "image", {"rgb": True}),
+            ("teacher mask", (self.output.teacher[index] > 0.5).astype(np.uint8), "labels", {"opacity": 0.4}),
+            ("student mask", (self.output.student[index] > 0.5).astype(np.uint8), "labels", {"opacity": 0.5}),
+        ]
+        if self.bags.masks is not None:
+            truth = self.bags.masks[index].astype(np.uint8)
+            layers.append(("ground truth", truth, "labels", {"opacity": 0.4, "visible": False}))
+        for what, data, kind, kwargs in layers:
+            name = f"milkd folder {what}"
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
+            elif kind == "image":
+                self.viewer.add_image(data, name=name, **kwargs)
+            else:
+                colors = {None: "transparent", 1: "#ffd400" if what != "ground truth" else "#00e5ff"}
+                self.viewer.add_labels(
+                    data, name=name, colormap=DirectLabelColormap(color_dict=colors), **kwargs
+                )
+        label = "positive" if self.bags.labels[index] else "negative"
+        student = self.output.student[index] > 0.5
+        text = f"{index + 1}/{len(self.bags)} · {self.bags.names[index]} · {label} bag"
+        text += f" · student covers {100 * student.mean():.0f}%"
+        if self.bags.masks is not None:
+            truth = self.bags.masks[index] > 0
+            denom = student.sum() + truth.sum()
+            f1 = 1.0 if denom == 0 else 2 * (student & truth).sum() / denom
+            text += f" · F1 vs ground truth {f1:.2f}"
+        self.review_note.setText(text)
+        self._update_buttons()

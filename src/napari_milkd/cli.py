@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_milkd.commands.demo",
     "napari_milkd.commands.train",
     "napari_milkd.commands.evaluate",
+    "napari_milkd.commands.predict",
 )
 
 

@@ -77,7 +77,7 @@ def test_end_to_end_teacher_correction_student_export(
     assert teacher_mask.data.shape == widget.work.shape
     slide_scale = viewer.layers[PREFIX].scale
     assert tuple(teacher_mask.scale) == pytest.approx(tuple(np.asarray(slide_scale) * widget.work.downsample))
-    assert widget.losses and "teacher done" in widget.status.text()
+    assert widget.training.losses and "teacher done" in widget.status.text()
     assert (fresh_project / "checkpoints" / "teacher.pt").exists()
 
     # A hand correction: paint tumour in one place, erase in another.
@@ -169,12 +169,14 @@ def test_cancel_stops_within_a_batch_and_resume(make_napari_viewer, qtbot, fresh
 
 
 def test_reopening_the_slide_restores_the_session(make_napari_viewer, qtbot, fresh_project: Path) -> None:
-    viewer, widget = _open(make_napari_viewer, qtbot, show=False)
+    """Edits made just before napari closes are saved, and Prepare slide brings them back."""
+    viewer, widget = _open(make_napari_viewer, qtbot, show=True)
     _paint_weak_labels(widget)
     widget.hard[5:9, 5:9] = 1
-    widget.save_session()
+    widget._on_weak_paint()  # an edit: its autosave is pending (0.6 s) when the viewer closes
+    assert widget._autosave.isActive()
     painted = np.asarray(widget.weak_layer().data).copy()
-    viewer.close()
+    viewer.close()  # hiding the dock writes the pending edits
 
     _viewer2, widget2 = _open(make_napari_viewer, qtbot, show=False)
     assert np.array_equal(np.asarray(widget2.weak_layer().data), painted)

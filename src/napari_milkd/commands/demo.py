@@ -67,19 +67,22 @@ def run_headless(args: argparse.Namespace) -> int:
     masks against the true tumour. ``--slide`` runs only the tissue/tile steps (no weak labels known).
     """
     from napari_milkd.core.atomic import atomic_path, write_json_atomic
-    from napari_milkd.core.errors import InputError, SlideError
+    from napari_milkd.core.errors import InputError, SlideError, write_error
     from napari_milkd.core.sample_slide import ensure_sample_slide
     from napari_milkd.core.slide import open_slide
     from napari_milkd.core.slide_session import plan_work
 
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(args.out, exc) from exc
+    if not os.access(args.out, os.W_OK):
+        raise InputError(f"output folder is not writable: {args.out}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     sample = ensure_sample_slide() if args.slide is None else None
     path = sample.path if sample is not None else args.slide
     timings["slide_s"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.out, os.W_OK):
-        raise InputError(f"output folder is not writable: {args.out}")
     source = open_slide(path, mpp=args.mpp)
     try:
         info = source.info

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from napari_milkd.core.errors import InputError
+from napari_milkd.core.errors import InputError, write_error
 from napari_milkd.core.train_types import BACKBONES, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -64,10 +62,10 @@ def register(subparsers: Any) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``text`` atomically (``WriteError`` when that fails)."""
+    from napari_milkd.core.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -80,10 +78,8 @@ def _progress(total: int, desc: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Load the bags, split by patient, train, and write the run folder."""
-    from napari_milkd.core.checkpoint import load_checkpoint
     from napari_milkd.core.datasets import load_image_folder
-    from napari_milkd.core.train import distill_student, train_teacher
-    from napari_milkd.core.train_types import BatchProgress, EpochEnd, RoleReversal
+    from napari_milkd.core.train_types import BatchProgress, BatchSizeReduced, EpochEnd, RoleReversal
 
     if args.backbone not in BACKBONES:
         raise InputError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -124,7 +120,14 @@ def run(args: argparse.Namespace) -> int:
         patient_column=args.patient_column,
     )
     train, val = bags.split(config.val_fraction, config.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    # torch is imported only now, so bad input is reported without waiting for it.
+    from napari_milkd.core.checkpoint import load_checkpoint
+    from napari_milkd.core.train import distill_student, train_teacher
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
     meta = {
         "config": config.to_dict(),
         "data": {
@@ -177,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
                         }
                     )
                     _write_atomic(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                elif isinstance(event, BatchSizeReduced):
+                    print(
+                        f"{event.stage}: out of GPU memory, continuing with batch size {event.new}",
+                        file=sys.stderr,
+                    )
                 elif isinstance(event, RoleReversal):
                     history[-1]["switched_to_epoch"] = event.student_epoch
                     _write_atomic(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))

@@ -38,7 +38,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from napari_milkd.core.atomic import atomic_path
-from napari_milkd.core.errors import InputError
+from napari_milkd.core.errors import InputError, write_error
 
 RGB = tuple[int, int, int]
 RGBA = tuple[int, int, int, int]
@@ -987,9 +987,9 @@ def write_ome_zarr_labels(
             ],
         },
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs["ome"] = {"version": "0.5"}
         group = root.create_group("labels")
@@ -1008,6 +1008,8 @@ def write_ome_zarr_labels(
         )
         array[...] = labels
         _replace_folder(tmp, target)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -12,32 +12,28 @@ and for the student ``teacher_model``, ``switches`` and ``val_targets``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from napari_milkd.core.atomic import atomic_path
 from napari_milkd.core.errors import CheckpointError
 
 FORMAT = "napari-milkd/checkpoint-v1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    """Write ``payload`` to ``path`` atomically (hidden temp file in the same folder, fsync, ``os.replace``).
+
+    A failed write raises :class:`~napari_milkd.core.errors.WriteError`; the previous checkpoint is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 
@@ -52,9 +48,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a napari-milkd file") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a napari-milkd checkpoint")
-    for key in ("model", "backbone", "config"):
-        if key not in data:
-            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    for key, kind in (("model", dict), ("backbone", str), ("config", dict)):
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"checkpoint {path} lacks a valid {key!r}")
     return data
 
 

@@ -188,6 +188,14 @@ def _index_files(folder: Path, what: str) -> dict[str, Path]:
 
 
 def _find(files: dict[str, Path], name: str, suffixes: Sequence[str] = ("",)) -> Path | None:
+    """The file of ``files`` (one folder's index) that ``name`` means, or ``None``.
+
+    ``name`` comes from a user's CSV: it is only ever looked up among the folder's own files, and a name
+    with a folder part (``../x.png``, ``/etc/passwd``, ``a\\b``) matches nothing, so a CSV can never make
+    us read outside the folder.
+    """
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
     stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
     for candidate in (name, *(stem + s for s in suffixes)):
         if candidate in files:

@@ -37,7 +37,8 @@ class StageOutput:
     n_negative: int
 
 
-def _checkpoint_is_complete(path: Path) -> bool:
+def checkpoint_is_complete(path: Path) -> bool:
+    """True when ``path`` holds a finished run (a later job starts anew instead of resuming it)."""
     from napari_milkd.core.checkpoint import load_checkpoint
 
     try:
@@ -77,7 +78,7 @@ def slide_stage_job(
         train, val = bags.split(0.2, seed=config.seed)
         if not val.n_pos or not val.n_neg:
             val = None  # too few bags to hold out both kinds: select on the last epoch
-        continuing = resume and checkpoint.exists() and not _checkpoint_is_complete(checkpoint)
+        continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
         if stage == "teacher":
             gen = train_teacher(train, val, config, checkpoint=checkpoint, resume=continuing)
         else:
@@ -132,6 +133,8 @@ def job_summary(event: Any) -> str:
         return f"{event.stage} epoch {event.epoch}/{event.n_epochs}, batch {event.batch}/{event.n_batches}"
     if hasattr(event, "train_loss"):
         return f"{event.stage} epoch {event.epoch}/{event.n_epochs} done, loss {event.train_loss:.4f}"
+    if hasattr(event, "old") and hasattr(event, "new"):
+        return f"{event.stage}: out of GPU memory, batch size {event.old} → {event.new}"
     if hasattr(event, "student_epoch"):
         return (
             f"role reversal at epoch {event.epoch}: best student (epoch {event.student_epoch}) is the teacher"

@@ -86,12 +86,22 @@ def tile_grid(
     ys = _axis_origins(height, tile_l0, stride_l0)
     xs = _axis_origins(width, tile_l0, stride_l0)
     grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    # Rounding can push a start onto the edge when a tile is under a level-0 pixel (upsampling beyond
+    # level 0): keep every start inside the slide, and each start once.
     origins = np.round(grid).astype(np.int64)
+    origins[:, 0] = np.clip(origins[:, 0], 0, max(height - 1, 0))
+    origins[:, 1] = np.clip(origins[:, 1], 0, max(width - 1, 0))
+    origins = np.unique(origins, axis=0)
     if tissue is None:
         fraction = np.ones(len(origins))
     else:
         fraction = _tissue_fractions(tissue, origins, tile_l0)
-        keep = (fraction > 0) & (fraction >= min_tissue)
+        near = fraction > 0
+        if not (float(tile_l0).is_integer() and float(stride_l0).is_integer()):
+            # Rounded starts leave sub-pixel seams between fractional tiles: a tissue pixel in a seam is
+            # still touched by its neighbouring tile, so keep tiles with tissue within one level-0 pixel.
+            near = _tissue_fractions(tissue, origins - 1, tile_l0 + 2) > 0
+        keep = near & (fraction >= min_tissue)
         origins, fraction = origins[keep], fraction[keep]
     return TileGrid(
         mpp=float(mpp),

@@ -16,6 +16,7 @@ enters these functions.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -28,10 +29,11 @@ import torch
 from napari_milkd.core import losses
 from napari_milkd.core.checkpoint import clone_state, load_checkpoint, save_checkpoint
 from napari_milkd.core.datasets import BagSet, augment
-from napari_milkd.core.errors import CheckpointError, InputError
+from napari_milkd.core.errors import CheckpointError, InputError, TrainingError
 from napari_milkd.core.models import DWSMILNet, SegOutput, build_model
 from napari_milkd.core.train_types import (
     BatchProgress,
+    BatchSizeReduced,
     EpochEnd,
     RoleReversal,
     TrainConfig,
@@ -40,6 +42,11 @@ from napari_milkd.core.train_types import (
 )
 
 _STAGE_SEED = {"teacher": 11, "student": 23, "full": 37}
+
+#: Smallest batch size an out-of-memory retry goes down to before training stops.
+MIN_BATCH_SIZE = 1
+
+_log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -72,6 +79,8 @@ class _Runtime:
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
         self.amp = self.cuda and config.amp
+        #: Batch size for evaluation passes; lowered when training runs out of GPU memory.
+        self.batch_size = config.batch_size
         if self.cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -206,7 +215,7 @@ class _Validator:
         if not self.enabled:
             return None
         total, count = 0.0, 0
-        for idx, out in _forward_all(model, self.images, self.rt, self.config.batch_size):
+        for idx, out in _forward_all(model, self.images, self.rt, self.rt.batch_size):
             dev = out.fused_prob.device
             labels = self.labels[idx].to(dev)
             if self.use_masks:
@@ -279,6 +288,13 @@ def _result(stage: str, state: dict[str, Any], checkpoint: Path | None) -> Train
     )
 
 
+def _kept(checkpoint: Path | None, epoch: int) -> str:
+    """What survives a stop during ``epoch``: the checkpoint of the previous epoch, if one was written."""
+    if checkpoint is not None and epoch > 1 and checkpoint.exists():
+        return f"{checkpoint.name} keeps epoch {epoch - 1}"
+    return "no epoch was completed"
+
+
 def _run_epochs(
     *,
     stage: str,
@@ -316,20 +332,49 @@ def _run_epochs(
         switches = list(state.get("switches", []))
         start = int(state["epoch"]) + 1
     payload: dict[str, Any] = dict(state) if state is not None else {}
-    n_batches = math.ceil(len(train) / config.batch_size)
+    batch_size = config.batch_size
     for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         gen = _epoch_generator(config, stage, epoch)
         model.train()
         loss_sum = torch.zeros((), device=rt.device)
-        for b, idx in enumerate(_batches(len(train), config.batch_size, gen), start=1):
-            x, e = rt.batch(images, extra, idx, gen if config.augment else None)
-            loss = step_loss(x, e, labels[idx].to(rt.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        pending = _batches(len(train), batch_size, gen)
+        b = 0
+        while pending:
+            idx = pending.pop(0)
+            try:
+                x, e = rt.batch(images, extra, idx, gen if config.augment else None)
+                loss = step_loss(x, e, labels[idx].to(rt.device))
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"{stage} loss became {loss_value} at epoch {epoch}, batch {b + 1}: training "
+                        f"stopped; {_kept(checkpoint, epoch)} (try a lower learning rate)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            except torch.cuda.OutOfMemoryError:
+                loss = x = e = None  # type: ignore[assignment]
+                opt.zero_grad(set_to_none=True)
+                rt.release()
+                if len(idx) <= MIN_BATCH_SIZE:
+                    raise TrainingError(
+                        f"out of GPU memory at batch size {len(idx)}: training stopped; "
+                        f"{_kept(checkpoint, epoch)} (use a smaller size or backbone, or the CPU)"
+                    ) from None
+                old_size, batch_size = batch_size, max(MIN_BATCH_SIZE, len(idx) // 2)
+                rest = torch.cat([idx, *pending])
+                pending = [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+                rt.batch_size = min(rt.batch_size, batch_size)
+                _log.warning(
+                    "%s: out of GPU memory at batch size %d, continuing with %d", stage, len(idx), batch_size
+                )
+                yield BatchSizeReduced(stage, epoch, old_size, batch_size)
+                continue
+            b += 1
             loss_sum += loss.detach() * len(idx)
-            yield BatchProgress(stage, epoch, n_epochs, b, n_batches, float(loss.detach()))
+            yield BatchProgress(stage, epoch, n_epochs, b, b + len(pending), loss_value)
         train_loss = float(loss_sum) / len(train)
         score = validator.score(model)
         is_best = best_state is None or (score is not None and best_score is not None and score > best_score)

@@ -112,6 +112,16 @@ class EpochEnd:
 
 
 @dataclass(frozen=True)
+class BatchSizeReduced:
+    """Yielded when a step ran out of GPU memory: training continues with ``new`` samples per batch."""
+
+    stage: str
+    epoch: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True)
 class RoleReversal:
     """Yielded when the best student so far (epoch ``student_epoch``, on validation) becomes the teacher."""
 
@@ -136,4 +146,4 @@ class TrainResult:
     switches: list[int] = field(default_factory=list)
 
 
-TrainEvent = BatchProgress | EpochEnd | RoleReversal
+TrainEvent = BatchProgress | EpochEnd | RoleReversal | BatchSizeReduced

@@ -1,0 +1,206 @@
+"""How long the napari main thread stalls while training and prediction run in a worker thread.
+
+Prints one JSON object. A napari viewer shows the sample slide; a ``QTimer`` ticks every ``--tick`` ms
+on the main thread and records how late each tick is (the stall). Phases, one after the other, each run
+with ``napari.qt.threading.create_worker`` exactly as the widget runs its jobs:
+
+* ``idle``: nothing running (the floor);
+* ``train``: :func:`~napari_milkd.core.train.train_teacher` on random bags (``--backbone``), progress only;
+* ``predict``: :func:`~napari_milkd.core.infer.predict_slide` over the sample slide, progress only;
+* ``predict_live``: the same, and each event also copies the newly final rows of the mask into a Labels
+  layer and refreshes it (the "mask appears progressively" display).
+
+p50/p99/max stall in ms per phase. Needs a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _stats(stalls: list[float]) -> dict[str, float]:
+    if not stalls:
+        return {"ticks": 0}
+    arr = np.array(stalls)
+    return {
+        "ticks": len(arr),
+        "p50_ms": round(float(np.percentile(arr, 50)), 1),
+        "p99_ms": round(float(np.percentile(arr, 99)), 1),
+        "max_ms": round(float(arr.max()), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--tick", type=float, default=10.0, help="heartbeat interval, ms")
+    parser.add_argument("--idle-seconds", type=float, default=2.0)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the worker")
+    parser.add_argument("--phases", default="idle,train,predict,predict_live")
+    args = parser.parse_args()
+
+    import napari
+    import torch
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import QCoreApplication, QElapsedTimer, QTimer
+
+    from napari_milkd.core.datasets import BagSet
+    from napari_milkd.core.infer import open_prediction, predict_slide
+    from napari_milkd.core.models import build_model
+    from napari_milkd.core.sample_slide import ensure_sample_slide
+    from napari_milkd.core.slide import open_slide
+    from napari_milkd.core.tiling import tile_grid
+    from napari_milkd.core.tissue import slide_tissue
+    from napari_milkd.core.train import train_teacher
+    from napari_milkd.core.train_types import TrainConfig
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    sample = ensure_sample_slide()
+    viewer = napari.Viewer(show=True)
+    viewer.open(str(sample.path), plugin="napari-milkd")
+    app = QCoreApplication.instance()
+    assert app is not None
+
+    clock = QElapsedTimer()
+    stalls: list[float] = []
+    last = [0.0]
+
+    def tick() -> None:
+        now = clock.nsecsElapsed() / 1e6
+        stalls.append(max(0.0, now - last[0] - args.tick))
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(int(args.tick))
+    timer.timeout.connect(tick)
+
+    def measure(
+        start: Callable[[Callable[[], None]], Any] | None, seconds: float | None = None
+    ) -> dict[str, Any]:
+        stalls.clear()
+        finished = [False]
+
+        def done() -> None:
+            finished[0] = True
+
+        clock.start()
+        last[0] = 0.0
+        timer.start()
+        t0 = time.perf_counter()
+        if start is not None:
+            start(done)
+        while not finished[0] and (seconds is None or time.perf_counter() - t0 < seconds):
+            app.processEvents()
+            time.sleep(0.001)
+            if start is None and time.perf_counter() - t0 >= (seconds or 0):
+                break
+        timer.stop()
+        out = _stats(stalls[1:])
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
+
+    size = 128
+    rng = np.random.default_rng(0)
+    n = 48
+    images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    labels = (np.arange(n) % 2).astype(np.uint8)
+    bags = BagSet.from_arrays(images, labels, names=[f"b{i}" for i in range(n)])
+    config = TrainConfig(
+        backbone=args.backbone,
+        weights="random",
+        size=size,
+        batch_size=8,
+        teacher_epochs=args.epochs,
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    model = build_model(args.backbone, "random")
+    work = Path(tempfile.mkdtemp(prefix="milkd-bench-gui-"))
+
+    def train_job(done: Callable[[], None]) -> Any:
+        worker = create_worker(train_teacher, bags, None, config)
+        worker.yielded.connect(lambda event: None)
+        worker.finished.connect(done)
+        worker.start()
+        return worker
+
+    def predict_gen(out: Path) -> Any:
+        source = open_slide(sample.path)
+        grid = tile_grid(source.info, mpp=1.0, tile=size, overlap=16, tissue=slide_tissue(source))
+        try:
+            result = yield from predict_slide(
+                model, source, grid, out, device="cpu", batch_size=16, resume=False
+            )
+        finally:
+            source.close()
+        return result
+
+    def predict_job(live: bool) -> Callable[[Callable[[], None]], Any]:
+        def start(done: Callable[[], None]) -> Any:
+            out = work / f"pred_{int(live)}.zarr"
+            worker = create_worker(predict_gen, out)
+            state = {"rows": 0, "layer": None}
+
+            def on_event(event: Any) -> None:
+                if not live or not event.rows_done or event.rows_done <= state["rows"]:
+                    return
+                _, mask, facts = open_prediction(out)
+                if state["layer"] is None:
+                    ds = facts["downsample"] * (facts["slide_mpp"] or 1)
+                    state["layer"] = viewer.add_labels(
+                        np.zeros(mask.shape, np.uint8), name="prediction", scale=(ds, ds)
+                    )
+                layer = state["layer"]
+                r0, r1 = state["rows"], event.rows_done
+                layer.data[r0:r1] = mask[r0:r1]
+                layer.refresh()
+                state["rows"] = r1
+
+            worker.yielded.connect(on_event)
+            worker.finished.connect(done)
+            worker.start()
+            return worker
+
+        return start
+
+    report: dict[str, Any] = {
+        "backbone": args.backbone,
+        "tick_ms": args.tick,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "date": date.today().isoformat(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    for _ in range(20):  # let the first draw finish
+        app.processEvents()
+        time.sleep(0.02)
+    phases = args.phases.split(",")
+    if "idle" in phases:
+        report["idle"] = measure(None, args.idle_seconds)
+    if "train" in phases:
+        report["train"] = measure(train_job)
+    if "predict" in phases:
+        report["predict"] = measure(predict_job(False))
+    if "predict_live" in phases:
+        report["predict_live"] = measure(predict_job(True))
+    viewer.close()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

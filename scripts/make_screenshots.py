@@ -1,0 +1,123 @@
+"""Screenshots of the real widget for docs/: drives napari like a user on the sample slide.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/make_screenshots.py [--backbone NAME]
+
+Writes docs/images/*.png. Uses a pretrained EfficientNet-Lite0 by default so the masks look like what a
+user gets (a few minutes on a CPU); the GUI tests run the same steps with a tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+from napari_milkd.core.project import default_project_dir
+from napari_milkd.core.sample_slide import coarse_regions, ensure_sample_slide
+from napari_milkd.core.slide_session import tissue_map
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def wait(condition, timeout: float = 1800) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        QApplication.processEvents()
+        time.sleep(0.05)
+        if time.monotonic() > end:
+            raise TimeoutError("step did not finish")
+    for _ in range(20):
+        QApplication.processEvents()
+
+
+def shot(viewer: napari.Viewer, name: str) -> None:
+    import imageio.v3 as iio
+
+    for _ in range(10):
+        QApplication.processEvents()
+        time.sleep(0.05)
+    iio.imwrite(OUT / f"{name}.png", viewer.screenshot(canvas_only=False, flash=False))
+    print("wrote", OUT / f"{name}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    import shutil
+
+    shutil.rmtree(default_project_dir(ensure_sample_slide().path), ignore_errors=True)
+    viewer = napari.Viewer(title="napari-milkd")
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample("napari-milkd", "sample_slide")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    widget.backbone_combo.setCurrentText(args.backbone)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget.teacher_epochs.setValue(args.epochs)
+    widget.student_epochs.setValue(args.epochs)
+    viewer.reset_view()
+    shot(viewer, "slide-widget")
+
+    widget.prepare_button.click()
+    wait(lambda: widget.work is not None and widget.worker is None)
+    prefix = "milkd sample slide"
+    viewer.layers["true tumour (sample)"].visible = True
+    viewer.layers[f"{prefix} weak labels"].visible = False
+    viewer.reset_view()
+    shot(viewer, "slide-widget-tiles")
+
+    viewer.layers[f"{prefix} weak labels"].visible = True
+    viewer.layers[f"{prefix} tiles"].visible = False
+    regions = coarse_regions(widget.work.downsample, widget.work.shape, tissue_map(widget.work))
+    widget.start_painting(1)
+    widget.weak_layer().data = regions
+    widget._on_weak_paint()
+    shot(viewer, "weak-labels")
+
+    widget.train_teacher_button.click()
+    wait(lambda: widget.worker is None and widget._layer("teacher mask") is not None)
+    viewer.layers[f"{prefix} weak labels"].visible = False
+    shot(viewer, "teacher")
+
+    mask = viewer.layers[f"{prefix} teacher mask"]
+    viewer.layers.selection.active = mask
+    mask.brush_size = 30
+    mask.mode = "paint"
+    ones = np.argwhere(np.asarray(mask.data) == 1)
+    if len(ones):
+        r, c = ones[len(ones) // 3]
+        for dc in range(0, 120, 10):
+            mask.paint((int(r), int(c) + dc), 0)
+        camera = getattr(viewer, "scene", viewer).camera
+        sy = float(mask.scale[-2])
+        camera.center = (float(r) * sy, (float(c) + 60) * sy)
+        camera.zoom = 600 / (300 * sy)
+    wait(lambda: True)
+    shot(viewer, "teacher-corrected")
+    viewer.reset_view()
+
+    widget.train_student_button.click()
+    wait(lambda: widget.worker is None and widget._layer("student mask") is not None)
+    viewer.layers[f"{prefix} teacher mask"].visible = False
+    shot(viewer, "student")
+
+    disagreement = viewer.layers[f"{prefix} disagreement"]
+    disagreement.visible = True
+    disagreement.opacity = 0.45
+    viewer.layers[f"{prefix} student mask"].visible = False
+    widget.next_region()
+    shot(viewer, "review")
+    out = widget.export(
+        "student", "geojson", default_project_dir(ensure_sample_slide().path) / "student.geojson"
+    )
+    print("exported", out)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
