@@ -14,7 +14,9 @@ them → *Train teacher* → correct the teacher mask by hand → *Distil studen
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.project import Project
 from napari_milkd.core.slide import level_for_mpp, open_slide
+from napari_milkd.core.slide_jobs import free_device_memory
 from napari_milkd.core.slide_session import (
     NO_OPINION,
     SlideWork,
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
 #: Largest working map side: bigger editable Labels break napari's painting (texture limit).
 MAX_WORK_SIDE = 16384
 STAGES = ("teacher", "student")
+PREVIEW_INTERVAL_S = 0.3
 REVIEW_TILE_SCREEN_PX = 500
 
 WEAK_COLORS = {None: "transparent", REGION_TUMOUR: "#ff3b3b", REGION_FREE: "#2fd16b"}
@@ -275,6 +279,7 @@ class SlideWidget(QWidget):
         self.reviewed: set[int] = set()
         self._watched: set[int] = set()
         self._weak_labels: Labels | None = None
+        self._last_preview = 0.0
         self.round = 0
         self._autosave = QTimer(self, singleShot=True, interval=600)
         self._autosave.timeout.connect(self.save_session)
@@ -756,6 +761,8 @@ class SlideWidget(QWidget):
             show_error("milkd: train the teacher first")
             return
         self.training.reset(f"{stage}: starting…")
+        self._last_preview = 0.0
+        _leave_a_core_for_the_gui()
         worker = create_worker(
             slide_stage_job,
             stage,
@@ -809,8 +816,34 @@ class SlideWidget(QWidget):
 
     def _on_event(self, event: Any) -> None:
         self.training.on_event(event)
+        if getattr(event, "probability", None) is not None and event.rows_done:
+            self._show_preview(event)
+
+    def _show_preview(self, event: Any) -> None:
+        """The map appearing band by band while the slide is predicted, at most a few refreshes a second."""
+        now = time.monotonic()
+        if event.done < event.total and now - self._last_preview < PREVIEW_INTERVAL_S:
+            return
+        self._last_preview = now
+        layer = self._layer("preview")
+        if layer is None:
+            layer = self._put_image(
+                "preview",
+                np.zeros_like(event.probability),
+                colormap="magma",
+                opacity=0.6,
+                contrast_limits=(0, 1),
+            )
+        layer.data[: event.rows_done] = event.probability[: event.rows_done]
+        layer.refresh()
+
+    def _drop_preview(self) -> None:
+        layer = self._layer("preview") if self.slide_name else None
+        if layer is not None:
+            self.viewer.layers.remove(layer)
 
     def _stage_done(self, output: Any) -> None:
+        self._drop_preview()
         self._show_stage(output.stage, output.probability)
         if self.project is not None:
             self.project.save_array(f"{output.stage}_probability", output.probability.astype(np.float16))
@@ -823,10 +856,12 @@ class SlideWidget(QWidget):
 
     def _on_error(self, exc: Exception) -> None:
         message = _error_text(exc)
+        self._drop_preview()
         show_error(f"milkd: {message}")
         self.status.setText(f"failed: {message}")
 
     def _on_aborted(self) -> None:
+        self._drop_preview()
         self.status.setText("cancelled — the last finished epoch is kept; train again to continue from it")
         show_info("milkd: job cancelled")
 
@@ -834,6 +869,7 @@ class SlideWidget(QWidget):
         self.worker = None
         self._worker_holder[0] = None
         self._update_buttons()
+        free_device_memory()  # also after Cancel: the abandoned job's GPU memory goes back
 
     # --- masks and corrections -------------------------------------------------------------------
 
@@ -962,6 +998,14 @@ class SlideWidget(QWidget):
             show_error(f"milkd: export failed: {exc}")
             return
         show_info(f"milkd: wrote {written}")
+
+
+def _leave_a_core_for_the_gui() -> None:
+    """Cap torch's CPU threads at cores − 1 so napari's event loop keeps a core while a job trains
+    (benchmarks/bench_gui.py: with every core busy the viewer stalls for tens of milliseconds)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
 def _stack_in_scroll_area(owner: QWidget, boxes: tuple[QWidget, ...]) -> None:

@@ -16,6 +16,7 @@ from napari_milkd.core.annotations import mask_to_polygons, polygons_to_mask, re
 from napari_milkd.core.checkpoint import load_checkpoint
 from napari_milkd.core.sample_slide import coarse_regions
 from napari_milkd.core.slide import open_slide
+from napari_milkd.core.slide_jobs import MapPreview
 from napari_milkd.core.slide_session import NO_OPINION, slide_bags, tissue_map
 from napari_milkd.core.train_types import EpochEnd
 
@@ -69,7 +70,11 @@ def test_end_to_end_teacher_correction_student_export(
     # Teacher.
     widget.train_teacher_button.click()
     assert widget.cancel_button.isEnabled() and not widget.train_teacher_button.isEnabled()
+    previews: list[MapPreview] = []
+    widget.worker.yielded.connect(lambda e: previews.append(e) if isinstance(e, MapPreview) else None)
     _wait_done(qtbot, widget, "teacher mask")
+    assert any(0 < p.rows_done < widget.work.shape[0] for p in previews)  # the map filled band by band
+    assert widget._layer("preview") is None  # the preview gives way to the real layers
     teacher_mask = viewer.layers[f"{PREFIX} teacher mask"]
     teacher_prob = viewer.layers[f"{PREFIX} teacher probability"]
     assert isinstance(teacher_mask, Labels) and isinstance(teacher_prob, Image)

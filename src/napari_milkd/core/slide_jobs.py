@@ -23,7 +23,23 @@ from napari_milkd.core.slide import open_slide
 from napari_milkd.core.slide_session import SlideWork, slide_bags
 from napari_milkd.core.train_types import TrainConfig, TrainEvent, TrainResult
 
-JobEvent = TrainEvent | PredictProgress
+
+@dataclass(frozen=True)
+class MapPreview:
+    """Prediction progress with the map being filled: rows ``[0, rows_done)`` of ``probability`` are final.
+
+    ``probability`` is the job's own buffer (shared, written by the worker below ``rows_done`` only), so
+    a front-end can show the mask appearing band by band without copying the whole map per event.
+    """
+
+    stage: str
+    done: int
+    total: int
+    rows_done: int
+    probability: np.ndarray
+
+
+JobEvent = TrainEvent | MapPreview
 
 
 @dataclass(frozen=True)
@@ -89,11 +105,25 @@ def slide_stage_job(
             )
         result = yield from gen
         model, _ = load_model(checkpoint, device=config.device)
-        probability = yield from predict_map(
-            model, source, work.grid, batch_size=config.batch_size, device=config.device, stage=f"{stage} map"
+        buffer = np.zeros(work.shape, np.float32)
+        gen = predict_map(
+            model,
+            source,
+            work.grid,
+            batch_size=config.batch_size,
+            device=config.device,
+            stage=f"{stage} map",
+            out=buffer,
         )
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                probability = stop.value
+                break
+            yield MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
         del model
-        _free_device_memory()
+        free_device_memory()
     finally:
         source.close()
     return StageOutput(
@@ -105,9 +135,16 @@ def slide_stage_job(
     )
 
 
-def _free_device_memory() -> None:
-    import torch
+def free_device_memory() -> None:
+    """Return cached GPU memory to the driver (after a job ends or is cancelled); a no-op without CUDA
+    or when torch was never loaded."""
+    import gc
+    import sys
 
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    gc.collect()  # an abandoned generator's tensors go with its frame
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -127,7 +164,7 @@ def available_devices() -> list[tuple[str, str]]:
 
 def job_summary(event: Any) -> str:
     """One line describing a job event, for status bars and logs."""
-    if isinstance(event, PredictProgress):
+    if isinstance(event, PredictProgress | MapPreview):
         return f"{event.stage}: {event.done}/{event.total} tiles"
     if hasattr(event, "n_batches"):
         return f"{event.stage} epoch {event.epoch}/{event.n_epochs}, batch {event.batch}/{event.n_batches}"
