@@ -923,6 +923,28 @@ def ome_zarr_transform(mpp: float | None, downsample: float) -> tuple[list[float
     return [s, s], [t, t]
 
 
+def ome_multiscales(name: str, mpp: float | None, downsample: float) -> list[dict[str, Any]]:
+    """NGFF 0.5 ``multiscales`` for one 2-D level made at ``downsample`` (axes y/x, µm when ``mpp`` is known,
+    scale and translation from :func:`ome_zarr_transform`), its array at path ``"0"``."""
+    scale, translation = ome_zarr_transform(mpp, downsample)
+    unit = {"unit": "micrometer"} if mpp is not None else {}
+    return [
+        {
+            "name": name,
+            "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": scale},
+                        {"type": "translation", "translation": translation},
+                    ],
+                }
+            ],
+        }
+    ]
+
+
 def _check_label_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
         raise InputError(f"label name {name!r} is not a plain folder name")
@@ -961,26 +983,10 @@ def write_ome_zarr_labels(
         labels = labels.astype(np.uint8)
     if not downsample > 0 or (mpp is not None and not mpp > 0):
         raise InputError(f"{target}: downsample and µm/px must be positive")
-    scale, translation = ome_zarr_transform(mpp, downsample)
-    unit = {"unit": "micrometer"} if mpp is not None else {}
     palette = dict(DEFAULT_LABEL_COLORS if colors is None else colors)
     ome_label = {
         "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": scale},
-                            {"type": "translation", "translation": translation},
-                        ],
-                    }
-                ],
-            }
-        ],
+        "multiscales": ome_multiscales(name, mpp, downsample),
         "image-label": {
             "colors": [
                 {"label-value": int(v), "rgba": [int(c) for c in rgba]} for v, rgba in sorted(palette.items())

@@ -510,28 +510,6 @@ def read_progress(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _ome_multiscales(name: str, mpp_l0: float | None, downsample: float) -> list[dict[str, Any]]:
-    from napari_milkd.core.annotations import ome_zarr_transform
-
-    scale, translation = ome_zarr_transform(mpp_l0, downsample)
-    unit = {"unit": "micrometer"} if mpp_l0 is not None else {}
-    return [
-        {
-            "name": name,
-            "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
-            "datasets": [
-                {
-                    "path": "0",
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": scale},
-                        {"type": "translation", "translation": translation},
-                    ],
-                }
-            ],
-        }
-    ]
-
-
 def _create_prediction_zarr(
     path: Path,
     shape: tuple[int, int],
@@ -544,12 +522,12 @@ def _create_prediction_zarr(
     """Create (replacing) the prediction hierarchy; return ``(probability, mask)`` arrays."""
     import zarr
 
-    from napari_milkd.core.annotations import DEFAULT_LABEL_COLORS
+    from napari_milkd.core.annotations import DEFAULT_LABEL_COLORS, ome_multiscales
 
     if path.exists():
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.attrs["ome"] = {"version": "0.5", "multiscales": _ome_multiscales("probability", mpp_l0, downsample)}
+    root.attrs["ome"] = {"version": "0.5", "multiscales": ome_multiscales("probability", mpp_l0, downsample)}
     root.attrs["milkd"] = facts
     chunks = (min(chunk, max(1, shape[0])), min(chunk, max(1, shape[1])))
     kw: dict[str, Any] = {"shape": shape, "chunks": chunks, "dtype": "uint8", "fill_value": 0}
@@ -559,7 +537,7 @@ def _create_prediction_zarr(
     label = labels.create_group(MASK_LABEL)
     label.attrs["ome"] = {
         "version": "0.5",
-        "multiscales": _ome_multiscales(MASK_LABEL, mpp_l0, downsample),
+        "multiscales": ome_multiscales(MASK_LABEL, mpp_l0, downsample),
         "image-label": {
             "colors": [{"label-value": 1, "rgba": list(DEFAULT_LABEL_COLORS[1])}],
             "source": {"image": "../../"},
