@@ -170,3 +170,18 @@ def test_project_falls_back_to_cache_when_slide_folder_is_read_only(tmp_path: Pa
         assert "projects" in str(default_project_dir(slide))
     finally:
         folder.chmod(0o755)
+
+
+def test_mask_from_probability_smooths_specks_and_keeps_tissue() -> None:
+    from napari_milkd.core.slide_session import mask_from_probability
+
+    prob = np.zeros((60, 60), np.float32)
+    prob[10:40, 10:40] = 0.9  # a region
+    prob[50, 20] = 1.0  # a one-pixel speck in tissue
+    tissue = np.ones((60, 60), bool)
+    tissue[:, 35:] = False
+    mask = mask_from_probability(prob, tissue)
+    assert mask.dtype == np.uint8
+    assert mask[25, 25] == 1 and mask[50, 20] == 0
+    assert not mask[:, 35:].any()  # never outside tissue
+    assert mask_from_probability(prob, tissue, sigma=0, min_object_px=0)[50, 20] == 1  # kept unsmoothed

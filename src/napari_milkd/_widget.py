@@ -53,6 +53,7 @@ from napari_milkd.core.slide_session import (
     NO_OPINION,
     SlideWork,
     apply_corrections,
+    mask_from_probability,
     plan_work,
     record_corrections,
     tile_crops,
@@ -877,8 +878,7 @@ class SlideWidget(QWidget):
         """Probability image + editable mask for ``stage``; corrections applied; disagreement updated."""
         assert self.work is not None and self.hard is not None
         self.probabilities[stage] = probability
-        mask = ((probability > 0.5) & tissue_map(self.work)).astype(np.uint8)
-        mask = apply_corrections(mask, self.hard)
+        mask = apply_corrections(mask_from_probability(probability, tissue_map(self.work)), self.hard)
         self._put_image(f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False)
         layer = self._put_labels(f"{stage} mask", mask, MASK_COLORS, opacity=0.5)
         self._snapshots[stage] = mask.copy()

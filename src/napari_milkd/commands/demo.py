@@ -128,7 +128,7 @@ def _train_and_export(
     from napari_milkd.core.annotations import mask_to_polygons, write_geojson
     from napari_milkd.core.infer import predict_map
     from napari_milkd.core.sample_slide import coarse_regions, truth_mask
-    from napari_milkd.core.slide_session import dice, slide_bags, tissue_map
+    from napari_milkd.core.slide_session import dice, mask_from_probability, slide_bags, tissue_map
     from napari_milkd.core.train import distill_student, load_model, train_teacher
     from napari_milkd.core.train_types import TrainConfig
 
@@ -170,7 +170,7 @@ def _train_and_export(
         model, _ = load_model(ckpt / f"{stage}.pt", device=args.device)
         prob = _drain_with_progress(predict_map(model, source, work.grid, device=args.device), f"{stage} map")
         timings[f"{stage}_predict_s"] = time.perf_counter() - t1
-        mask = (prob > 0.5) & tissue
+        mask = mask_from_probability(prob, tissue).astype(bool)
         masks[stage] = mask
         n = write_geojson(
             args.out / f"{stage}.geojson",
