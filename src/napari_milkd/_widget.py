@@ -188,7 +188,8 @@ class TrainingPanel(QWidget):
         self.device_combo.addItem("auto", "auto")
         self.device_combo.addItem("cpu", "cpu")
         self.teacher_epochs = QSpinBox(minimum=1, maximum=500, value=6)
-        self.student_epochs = QSpinBox(minimum=1, maximum=1000, value=6)
+        self.student_epochs = QSpinBox(minimum=1, maximum=1000, value=12)
+        self.student_epochs.setToolTip("the student needs longer than the teacher; role reversal every third")
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=16)
         self.cancel_button = QPushButton("Cancel")
         self.progress = QProgressBar()
@@ -235,7 +236,7 @@ class TrainingPanel(QWidget):
             batch_size=int(self.batch_spin.value()),
             teacher_epochs=int(self.teacher_epochs.value()),
             student_epochs=student_epochs,
-            switch_every=max(1, student_epochs // 2),
+            switch_every=max(1, student_epochs // 3),
             device=str(self.device_combo.currentData() or "auto"),
             **overrides,
         )
