@@ -46,6 +46,7 @@ from qtpy.QtWidgets import (
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
 from napari_milkd.core.errors import MilkdError
+from napari_milkd.core.infer import tile_map_origins
 from napari_milkd.core.project import Project
 from napari_milkd.core.slide import level_for_mpp, open_slide
 from napari_milkd.core.slide_jobs import free_device_memory
@@ -110,9 +111,7 @@ def tile_map(work: SlideWork) -> np.ndarray:
     """Tiles painted into a working-size map with alternating labels 1/2 (drawn as outlines)."""
     out = np.zeros(work.shape, np.uint8)
     t = work.grid.tile
-    for i in range(len(work.grid)):
-        r0 = round(work.grid.origins_l0[i, 0] / work.downsample)
-        c0 = round(work.grid.origins_l0[i, 1] / work.downsample)
+    for r0, c0 in tile_map_origins(work.grid, work.downsample):
         out[r0 : r0 + t, c0 : c0 + t] = 1 + (r0 // t + c0 // t) % 2
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_milkd.core.datasets import BagSet
 from napari_milkd.core.errors import InputError
-from napari_milkd.core.infer import map_geometry, read_tiles
+from napari_milkd.core.infer import map_geometry, read_tiles, tile_map_origins
 from napari_milkd.core.slide import SlideSource
 from napari_milkd.core.tiling import TileGrid, tile_grid
 from napari_milkd.core.tissue import TissueMask, slide_tissue
@@ -62,9 +62,9 @@ def tile_crops(array: np.ndarray, work: SlideWork, index: np.ndarray, fill: int 
     """Crops of a working map under tiles ``index``: ``(N, tile, tile)``, padded with ``fill``."""
     t = work.grid.tile
     out = np.full((len(index), t, t), fill, dtype=array.dtype)
+    origins = tile_map_origins(work.grid, work.downsample)
     for k, i in enumerate(index):
-        r0 = round(work.grid.origins_l0[i, 0] / work.downsample)
-        c0 = round(work.grid.origins_l0[i, 1] / work.downsample)
+        r0, c0 = origins[i]
         crop = array[r0 : r0 + t, c0 : c0 + t]
         out[k, : crop.shape[0], : crop.shape[1]] = crop
     return out

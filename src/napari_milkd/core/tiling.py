@@ -115,19 +115,24 @@ def tile_grid(
     )
 
 
-def _tissue_fractions(tissue: TissueMask, origins_l0: np.ndarray, tile_l0: float) -> np.ndarray:
-    """Tissue share of each tile, from an integral image of the mask (vectorised over tiles)."""
-    mask = tissue.mask.astype(np.float64)
+def coverage_fractions(
+    mask: np.ndarray, downsample: float, origins_l0: np.ndarray, tile_l0: float
+) -> np.ndarray:
+    """Share of each square tile (level-0 ``origins_l0`` rows ``(y, x)``, side ``tile_l0``) covered by a
+    boolean ``mask`` made at ``downsample``: one integral image, vectorised over tiles."""
     integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
-    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
-    ds = tissue.downsample
-    r0 = np.clip(np.floor(origins_l0[:, 0] / ds).astype(int), 0, mask.shape[0])
-    c0 = np.clip(np.floor(origins_l0[:, 1] / ds).astype(int), 0, mask.shape[1])
-    r1 = np.clip(np.ceil((origins_l0[:, 0] + tile_l0) / ds).astype(int), 0, mask.shape[0])
-    c1 = np.clip(np.ceil((origins_l0[:, 1] + tile_l0) / ds).astype(int), 0, mask.shape[1])
+    integral[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
+    o = np.asarray(origins_l0, dtype=np.float64)
+    r0 = np.clip(np.floor(o[:, 0] / downsample).astype(int), 0, mask.shape[0])
+    c0 = np.clip(np.floor(o[:, 1] / downsample).astype(int), 0, mask.shape[1])
+    r1 = np.clip(np.ceil((o[:, 0] + tile_l0) / downsample).astype(int), 0, mask.shape[0])
+    c1 = np.clip(np.ceil((o[:, 1] + tile_l0) / downsample).astype(int), 0, mask.shape[1])
     total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-    area = np.maximum((r1 - r0) * (c1 - c0), 1)
-    return total / area
+    return total / np.maximum((r1 - r0) * (c1 - c0), 1)
+
+
+def _tissue_fractions(tissue: TissueMask, origins_l0: np.ndarray, tile_l0: float) -> np.ndarray:
+    return coverage_fractions(tissue.mask, tissue.downsample, origins_l0, tile_l0)
 
 
 def read_tile(source: SlideSource, grid: TileGrid, index: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_milkd.core.tiling import TileGrid
+from napari_milkd.core.tiling import TileGrid, coverage_fractions
 
 REGION_TUMOUR = 1
 REGION_FREE = 2
@@ -60,19 +60,6 @@ class BagLabels:
         return None
 
 
-def _coverage(region: np.ndarray, downsample: float, grid: TileGrid) -> np.ndarray:
-    """Share of each tile covered by ``region`` (bool, at ``downsample``), via an integral image."""
-    integral = np.zeros((region.shape[0] + 1, region.shape[1] + 1))
-    integral[1:, 1:] = region.astype(np.float64).cumsum(0).cumsum(1)
-    o = grid.origins_l0.astype(np.float64)
-    r0 = np.clip(np.floor(o[:, 0] / downsample).astype(int), 0, region.shape[0])
-    c0 = np.clip(np.floor(o[:, 1] / downsample).astype(int), 0, region.shape[1])
-    r1 = np.clip(np.ceil((o[:, 0] + grid.tile_l0) / downsample).astype(int), 0, region.shape[0])
-    c1 = np.clip(np.ceil((o[:, 1] + grid.tile_l0) / downsample).astype(int), 0, region.shape[1])
-    total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-    return total / np.maximum((r1 - r0) * (c1 - c0), 1)
-
-
 def bag_labels_from_regions(
     grid: TileGrid,
     regions: np.ndarray,
@@ -86,8 +73,8 @@ def bag_labels_from_regions(
         raise ValueError(f"regions must be a 2-D label image, got shape {regions.shape}")
     if len(grid) == 0:
         return BagLabels(np.zeros(0, np.int8))
-    tumour = _coverage(regions == REGION_TUMOUR, downsample, grid)
-    free = _coverage(regions == REGION_FREE, downsample, grid)
+    tumour = coverage_fractions(regions == REGION_TUMOUR, downsample, grid.origins_l0, grid.tile_l0)
+    free = coverage_fractions(regions == REGION_FREE, downsample, grid.origins_l0, grid.tile_l0)
     labels = np.full(len(grid), BAG_IGNORE, np.int8)
     labels[(free >= min_negative) & (tumour == 0)] = BAG_NEGATIVE
     labels[tumour >= min_positive] = BAG_POSITIVE
