@@ -59,7 +59,7 @@ def main() -> None:
     widget.backbone_combo.setCurrentText(args.backbone)
     widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
     widget.teacher_epochs.setValue(args.epochs)
-    widget.student_epochs.setValue(args.epochs)
+    widget.student_epochs.setValue(2 * args.epochs)  # the widget's default ratio
     viewer.reset_view()
     shot(viewer, "slide-widget")
 
