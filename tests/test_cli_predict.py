@@ -80,6 +80,12 @@ def test_predict_one_slide(
     assert prob.shape == (384, 512) and facts["mpp"] == DEFAULT_MODEL_MPP and facts["complete"]
     assert prob[...].max() > 0 and (prob[...] == 0).any()  # tissue-only tiles: glass stays 0
     assert set(np.unique(mask[...])) <= {0, 1}
+    # The stored mask is the widget's: smoothed probability, specks removed (not the raw threshold).
+    from napari_milkd.core.infer import decode_probability
+    from napari_milkd.core.slide_session import mask_from_probability
+
+    p = decode_probability(prob[...])
+    assert np.array_equal(mask[...], mask_from_probability(p, p > 0))
     features = json.loads((out / "s0.geojson").read_text())["features"]
     assert all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
     # Rerun: resumed from the finished zarr, nothing computed; JSON summary.

@@ -156,8 +156,9 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
 
     from napari_milkd.core.annotations import mask_to_polygons, write_geojson
     from napari_milkd.core.checkpoint import load_checkpoint
-    from napari_milkd.core.infer import open_prediction, predict_slide
+    from napari_milkd.core.infer import decode_probability, open_prediction, predict_slide
     from napari_milkd.core.slide import open_slide
+    from napari_milkd.core.slide_session import mask_from_probability
     from napari_milkd.core.tiling import tile_grid
     from napari_milkd.core.tissue import slide_tissue
     from napari_milkd.core.train import load_model
@@ -200,8 +201,14 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
     finally:
         source.close()
         del model
-    _, mask, _ = open_prediction(result.path)
-    polygons = mask_to_polygons(mask[...], result.downsample, simplify_px=0.5)
+    # The mask users get is the one the widget shows: smoothed probability, specks removed
+    # (slide_session.mask_from_probability), written back over the streamed raw threshold.
+    probability, mask, _ = open_prediction(result.path, mode="r+")
+    prob = decode_probability(probability[...])
+    clean = mask_from_probability(prob, prob > 0)
+    mask[...] = clean
+    tumour_area_mm2 = float(clean.sum()) * result.mpp**2 / 1e6
+    polygons = mask_to_polygons(clean, result.downsample, simplify_px=0.5)
     geojson = out_dir / f"{job.name}.geojson"
     write_geojson(geojson, polygons, name="Tumor", mpp=slide_mpp)
     return SlideSummary(
@@ -212,7 +219,7 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
         n_tiles=result.n_tiles,
         n_computed=result.n_computed,
         seconds=round(time.perf_counter() - t0, 3),
-        tumour_area_mm2=round(result.tumour_area_mm2, 6),
+        tumour_area_mm2=round(tumour_area_mm2, 6),
         n_polygons=len(polygons),
         mpp=result.mpp,
         timings=result.timings,
