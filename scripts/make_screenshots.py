@@ -44,11 +44,43 @@ def shot(viewer: napari.Viewer, name: str) -> None:
     print("wrote", OUT / f"{name}.png")
 
 
+def folder_screenshot(glas: Path, backbone: str, epochs: int) -> None:
+    """The image-folder widget on GlaS (images + grade CSV + masks), reviewing a malignant image."""
+    viewer = napari.Viewer(title="napari-milkd")
+    viewer.window._qt_window.resize(1500, 950)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd image folder")
+    widget.images_edit.setText(str(glas / "images"))
+    widget.csv_edit.setText(str(glas / "grade_train.csv"))
+    widget.masks_edit.setText(str(glas / "masks"))
+    widget.label_column.setText("grade_glas")
+    widget.positive_value.setText("malignant")
+    widget.patient_column.setText("patient_id")
+    widget.training.backbone_combo.setCurrentText(backbone)
+    widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
+    widget.training.teacher_epochs.setValue(epochs)
+    widget.training.student_epochs.setValue(2 * epochs)
+    widget.load_button.click()
+    wait(lambda: widget.worker is None and widget.bags is not None)
+    widget.train_button.click()
+    wait(lambda: widget.worker is None and widget.output is not None)
+    positives = [i for i in range(len(widget.bags)) if widget.bags.labels[i]]
+    widget.show_image(positives[len(positives) // 2])
+    viewer.layers["milkd folder ground truth"].visible = True
+    viewer.layers["milkd folder teacher mask"].visible = False
+    viewer.reset_view()
+    shot(viewer, "folder-widget")
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--glas", type=Path, default=None, help="only the image-folder shot, on GlaS")
     args = parser.parse_args()
+    if args.glas is not None:
+        folder_screenshot(args.glas, args.backbone, args.epochs)
+        return
     import shutil
 
     shutil.rmtree(default_project_dir(ensure_sample_slide().path), ignore_errors=True)

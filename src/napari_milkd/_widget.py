@@ -1039,7 +1039,8 @@ class ImageFolderWidget(QWidget):
 
     Load the bags, train teacher and student in the background, then review the images one by one with
     both masks (and the ground truth when a masks folder is given). Checkpoints go to a run folder next to
-    the images (``<images>.milkd-run``), so a cancelled run continues where it stopped.
+    the images (``<images>.milkd``, or the user cache when that folder is read-only), so a cancelled run
+    continues where it stopped.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -1138,9 +1139,11 @@ class ImageFolderWidget(QWidget):
         self.next_button.setEnabled(reviewable and self.bags is not None and self.index < len(self.bags) - 1)
 
     def run_dir(self) -> Path:
-        """Where checkpoints go: ``<images folder>.milkd-run`` beside the images."""
-        images = Path(self.images_edit.text()).expanduser().resolve()
-        return images.parent / f"{images.name}.milkd-run"
+        """Where checkpoints go: ``<images folder>.milkd`` beside the images, or in the user cache when
+        that folder is read-only (see :func:`~napari_milkd.core.project.default_project_dir`)."""
+        from napari_milkd.core.project import default_project_dir
+
+        return default_project_dir(self.images_edit.text())
 
     def _start(self, worker: Any, on_done: Any) -> None:
         self.worker = worker

@@ -36,9 +36,10 @@ def _image_folder(root: Path, n: int = 12) -> tuple[Path, Path, Path]:
     return images, csv, masks
 
 
-def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Path, save_screenshot) -> None:
     images, csv, masks = _image_folder(tmp_path)
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 950)
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd image folder")
     assert isinstance(widget, ImageFolderWidget)
     assert not widget.train_button.isEnabled()
@@ -73,3 +74,6 @@ def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Pa
     assert np.array_equal(viewer.layers["milkd folder image"].data, widget.bags.images[1])
     widget.prev_button.click()
     assert widget.index == 0 and not widget.prev_button.isEnabled()
+    viewer.reset_view()
+    qtbot.wait(200)
+    save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "folder-widget")

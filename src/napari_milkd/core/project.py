@@ -31,15 +31,25 @@ PROJECT_VERSION = 1
 
 
 def default_project_dir(slide_path: str | os.PathLike[str]) -> Path:
-    """``<slide>.milkd`` beside the slide if its folder is writable, else a per-slide cache folder."""
+    """``<slide>.milkd`` beside the slide (or image folder) if its folder is writable and not marked
+    read-only, else a per-slide folder under the user cache."""
     slide = Path(slide_path).expanduser().resolve()
     beside = slide.parent / f"{slide.name}.milkd"
-    if beside.exists() or os.access(slide.parent, os.W_OK):
+    if beside.exists() or _writable_folder(slide.parent):
         return beside
     from napari_milkd.core.sample_slide import sample_cache_dir
 
     key = hashlib.sha1(str(slide).encode()).hexdigest()[:12]
     return sample_cache_dir() / "projects" / f"{slide.name}-{key}.milkd"
+
+
+def _writable_folder(folder: Path) -> bool:
+    """True when we may add files to ``folder``: the OS allows it *and* its mode has a write bit (root
+    may write anywhere, but a folder marked read-only, like a shared data set, is left alone)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 class Project:
