@@ -5,8 +5,9 @@ on the main thread and records how late each tick is (the stall). Phases, one af
 with ``napari.qt.threading.create_worker`` exactly as the widget runs its jobs:
 
 * ``idle``: nothing running (the floor);
-* ``train``: :func:`~napari_milkd.core.train.train_teacher` on random bags (``--backbone``), progress only;
-* ``predict``: :func:`~napari_milkd.core.infer.predict_slide` over the sample slide, progress only;
+* ``train``: :func:`~napari_milkd.core.engine.train.train_teacher` on random bags (``--backbone``),
+  progress only;
+* ``predict``: :func:`~napari_milkd.core.inference.stream.predict_slide` over the sample slide, progress only;
 * ``predict_live``: the same, and each event also copies the newly final rows of the mask into a Labels
   layer and refreshes it (the "mask appears progressively" display).
 
@@ -58,15 +59,15 @@ def main() -> None:
     from napari.qt.threading import create_worker
     from qtpy.QtCore import QCoreApplication, QElapsedTimer, QTimer
 
-    from napari_milkd.core.datasets import BagSet
-    from napari_milkd.core.infer import open_prediction, predict_slide
-    from napari_milkd.core.models import build_model
-    from napari_milkd.core.sample_slide import ensure_sample_slide
-    from napari_milkd.core.slide import open_slide
-    from napari_milkd.core.tiling import tile_grid
-    from napari_milkd.core.tissue import slide_tissue
-    from napari_milkd.core.train import train_teacher
-    from napari_milkd.core.train_types import TrainConfig
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.datasets import BagSet
+    from napari_milkd.core.engine.models import build_model
+    from napari_milkd.core.engine.train import train_teacher
+    from napari_milkd.core.inference.stream import open_prediction, predict_slide
+    from napari_milkd.core.slides.sample import ensure_sample_slide
+    from napari_milkd.core.slides.slide import open_slide
+    from napari_milkd.core.slides.tiling import tile_grid
+    from napari_milkd.core.slides.tissue import slide_tissue
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -9,8 +9,8 @@ Parts, all on 256² tiles at the slide's level-0 resolution unless ``--mpp`` say
 * ``compute``: tiles/s of the model alone on a batch already on the device (bf16 + channels_last on CUDA,
   ``--compile`` optional);
 * ``write``: tiles/s of blending + writing bands to the prediction zarr (map of ``--e2e-tiles`` tiles);
-* ``e2e``: :func:`~napari_milkd.core.infer.predict_slide` over the first ``--e2e-tiles`` tiles of the
-  grid, and a plain loop (read → model → blend, one thread, no overlap) on the same tiles;
+* ``e2e``: :func:`~napari_milkd.core.inference.stream.predict_slide` over the first ``--e2e-tiles``
+  tiles of the grid, and a plain loop (read → model → blend, one thread, no overlap) on the same tiles;
 * ``rss``: peak RSS of a fresh process running ``predict_slide`` at three slide sizes (``--rss-sizes``,
   model at ``--rss-mpp``), against the same process's RSS before predicting.
 
@@ -111,7 +111,7 @@ def make_slide(path: Path, size: int) -> Path:
 def _model(backbone: str):  # type: ignore[no-untyped-def]
     import torch
 
-    from napari_milkd.core.models import build_model
+    from napari_milkd.core.engine.models import build_model
 
     torch.manual_seed(0)
     return build_model(backbone, "random")
@@ -120,7 +120,7 @@ def _model(backbone: str):  # type: ignore[no-untyped-def]
 def _grid(source, mpp: float, n_tiles: int | None):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from napari_milkd.core.tiling import tile_grid
+    from napari_milkd.core.slides.tiling import tile_grid
 
     grid = tile_grid(source.info, mpp=mpp, tile=TILE, overlap=TILE // 8)
     if n_tiles is not None and n_tiles < len(grid):
@@ -131,8 +131,8 @@ def _grid(source, mpp: float, n_tiles: int | None):  # type: ignore[no-untyped-d
 
 
 def bench_read(source, grid, threads: int, batch: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    from napari_milkd.core.infer import InferenceRuntime, _BatchLoader
-    from napari_milkd.core.tiling import read_tile
+    from napari_milkd.core.inference.stream import InferenceRuntime, _BatchLoader
+    from napari_milkd.core.slides.tiling import read_tile
 
     n = len(grid)
     t = time.perf_counter()
@@ -154,7 +154,7 @@ def bench_read(source, grid, threads: int, batch: int) -> dict[str, float]:  # t
 def bench_compute(model, device: str, batch: int, compile: bool, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
     import torch
 
-    from napari_milkd.core.infer import InferenceRuntime
+    from napari_milkd.core.inference.stream import InferenceRuntime
 
     rt = InferenceRuntime(device, compile=compile)
     forward = rt.prepare(model)
@@ -184,10 +184,10 @@ def bench_write(source, grid, work: Path) -> dict[str, float]:  # type: ignore[n
     """Blending + band writes alone: a model that costs nothing, tiles already in memory."""
     import torch
 
-    from napari_milkd.core.infer import predict_slide
-    from napari_milkd.core.models.dws_mil import SegOutput
-    from napari_milkd.core.slide import ArraySlideSource
-    from napari_milkd.core.train import drain
+    from napari_milkd.core.engine.models.dws_mil import SegOutput
+    from napari_milkd.core.engine.train import drain
+    from napari_milkd.core.inference.stream import predict_slide
+    from napari_milkd.core.slides.slide import ArraySlideSource
 
     class Free(torch.nn.Module):
         def __init__(self) -> None:
@@ -211,15 +211,10 @@ def bench_write(source, grid, work: Path) -> dict[str, float]:  # type: ignore[n
 def bench_e2e(source, grid, model, args, work: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
     import torch
 
-    from napari_milkd.core.infer import (
-        InferenceRuntime,
-        blend_window,
-        map_geometry,
-        predict_slide,
-        tile_map_origins,
-    )
-    from napari_milkd.core.tiling import read_tile
-    from napari_milkd.core.train import drain
+    from napari_milkd.core.engine.train import drain
+    from napari_milkd.core.inference.stream import InferenceRuntime, blend_window, predict_slide
+    from napari_milkd.core.slides.geometry import map_geometry, tile_map_origins
+    from napari_milkd.core.slides.tiling import read_tile
 
     warm = InferenceRuntime(args.device)  # one batch first, so neither path pays oneDNN/cudnn set-up
     with torch.no_grad(), warm.autocast():
@@ -277,9 +272,9 @@ def _hwm_mb() -> float:
 
 def child_rss(args: argparse.Namespace) -> None:
     """Fresh process: peak RSS of predict_slide over a whole generated slide of ``--size``."""
-    from napari_milkd.core.infer import predict_slide
-    from napari_milkd.core.slide import open_slide
-    from napari_milkd.core.train import drain
+    from napari_milkd.core.engine.train import drain
+    from napari_milkd.core.inference.stream import predict_slide
+    from napari_milkd.core.slides.slide import open_slide
 
     path = make_slide(Path(args.work) / f"slide_{args.size}.tiff", args.size)
     model = _model(args.rss_backbone)
@@ -342,7 +337,7 @@ def main() -> None:
         return
     import torch
 
-    from napari_milkd.core.slide import open_slide
+    from napari_milkd.core.slides.slide import open_slide
 
     work = Path(args.work)
     skip = set(filter(None, args.skip.split(",")))

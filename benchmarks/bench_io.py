@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import openslide
 
-from napari_milkd.core.sample_slide import ensure_sample_slide
-from napari_milkd.core.slide import open_slide, rgba_to_rgb_on_white
-from napari_milkd.core.zarr_store import slide_levels
+from napari_milkd.core.slides.sample import ensure_sample_slide
+from napari_milkd.core.slides.slide import open_slide, rgba_to_rgb_on_white
+from napari_milkd.core.slides.zarr_store import slide_levels
 
 
 def _windows(shape: tuple[int, int], size: int, n: int, seed: int = 0) -> list[tuple[int, int]]:

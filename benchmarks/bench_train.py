@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 
 import torch
 
-from napari_milkd.core import losses
-from napari_milkd.core.train import _Runtime, new_model
-from napari_milkd.core.train_types import TrainConfig
+from napari_milkd.core.engine import losses
+from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.engine.train import _Runtime, new_model
 
 
 def _sync(device: torch.device) -> None:

@@ -16,9 +16,9 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_milkd.core.project import default_project_dir
-from napari_milkd.core.sample_slide import coarse_regions, ensure_sample_slide
-from napari_milkd.core.slide_session import tissue_map
+from napari_milkd.core.session.project import default_project_dir
+from napari_milkd.core.slides.geometry import tissue_map
+from napari_milkd.core.slides.sample import coarse_regions, ensure_sample_slide
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 

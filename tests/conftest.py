@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from napari_milkd.core.sample_slide import write_pyramidal_tiff
+from napari_milkd.core.slides.sample import write_pyramidal_tiff
 
 # CI (scripts/test.sh) runs the property tests derandomized, so a run is repeatable; locally they explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from napari_milkd.cli import main
-from napari_milkd.core.checkpoint import save_checkpoint
-from napari_milkd.core.cohort import (
+from napari_milkd.core.engine.checkpoint import save_checkpoint
+from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.errors import CheckpointError, InputError
+from napari_milkd.core.inference.cohort import (
     DEFAULT_MODEL_MPP,
     checkpoint_mpp,
     make_jobs,
@@ -18,10 +20,8 @@ from napari_milkd.core.cohort import (
     run_on_dask,
     run_slide_job,
 )
-from napari_milkd.core.errors import CheckpointError, InputError
-from napari_milkd.core.infer import open_prediction
-from napari_milkd.core.sample_slide import write_pyramidal_tiff
-from napari_milkd.core.train_types import TrainConfig
+from napari_milkd.core.inference.stream import open_prediction
+from napari_milkd.core.slides.sample import write_pyramidal_tiff
 
 
 def _slide(path: Path, seed: int, mpp: float | None = 0.5) -> Path:
@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `milkd train`-like run folder with a tiny random student (64-px tiles)."""
     import torch
 
-    from napari_milkd.core.models import build_model
+    from napari_milkd.core.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny", "random")
@@ -81,8 +81,8 @@ def test_predict_one_slide(
     assert prob[...].max() > 0 and (prob[...] == 0).any()  # tissue-only tiles: glass stays 0
     assert set(np.unique(mask[...])) <= {0, 1}
     # The stored mask is the widget's: smoothed probability, specks removed (not the raw threshold).
-    from napari_milkd.core.infer import decode_probability
-    from napari_milkd.core.slide_session import mask_from_probability
+    from napari_milkd.core.inference.masks import mask_from_probability
+    from napari_milkd.core.inference.stream import decode_probability
 
     p = decode_probability(prob[...])
     assert np.array_equal(mask[...], mask_from_probability(p, p > 0))

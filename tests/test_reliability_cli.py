@@ -224,7 +224,7 @@ def test_full_disk_during_checkpoint_write(
 ) -> None:
     """ENOSPC half-way through epoch 2's checkpoint: one-line error, exit 2, epoch 1's checkpoint intact,
     and ``--resume`` continues from it."""
-    from napari_milkd.core import checkpoint
+    from napari_milkd.core.engine import checkpoint
 
     make_folder(tmp_path)
     args = [*train_args(tmp_path), "--teacher-epochs", "2", "--batch-size", "4"]
@@ -272,7 +272,7 @@ def _history(run: Path) -> list[dict]:
 def test_sigkill_during_training_then_resume(tmp_path: Path) -> None:
     """Kill ``milkd train`` right after its first checkpoint: what is on disk is whole, and ``--resume``
     continues from the last complete epoch and finishes."""
-    from napari_milkd.core.checkpoint import load_checkpoint
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
 
     make_folder(tmp_path)
     run = tmp_path / "run"

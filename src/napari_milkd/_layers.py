@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_milkd.core.slide import SlideSource
-from napari_milkd.core.zarr_store import slide_levels
+from napari_milkd.core.slides.slide import SlideSource
+from napari_milkd.core.slides.zarr_store import slide_levels
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 

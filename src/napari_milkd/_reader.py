@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from napari_milkd._layers import LayerDataTuple, slide_image_layer
-from napari_milkd.core.slide import SLIDE_SUFFIXES, open_slide
+from napari_milkd.core.slides.slide import SLIDE_SUFFIXES, open_slide
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
 

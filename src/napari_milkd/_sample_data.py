@@ -1,14 +1,14 @@
 """napari sample-data contribution: the synthetic H&E sample slide, opened through OpenSlide.
 
-Owns turning :mod:`napari_milkd.core.sample_slide` into layers: the slide (a real pyramidal TIFF,
+Owns turning :mod:`napari_milkd.core.slides.sample` into layers: the slide (a real pyramidal TIFF,
 generated into the cache folder on first use) and the outline of its known tumour region.
 """
 
 from __future__ import annotations
 
 from napari_milkd._layers import LayerDataTuple, outline_layer, slide_image_layer
-from napari_milkd.core.sample_slide import ensure_sample_slide
-from napari_milkd.core.slide import open_slide
+from napari_milkd.core.slides.sample import ensure_sample_slide
+from napari_milkd.core.slides.slide import open_slide
 
 SAMPLE_LAYER_NAME = "milkd sample slide"
 TRUTH_LAYER_NAME = "true tumour (sample)"

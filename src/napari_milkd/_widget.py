@@ -14,7 +14,6 @@ them → *Train teacher* → correct the teacher mask by hand → *Distil studen
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -45,24 +44,16 @@ from qtpy.QtWidgets import (
 )
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
+from napari_milkd.core.engine.config import TrainConfig
 from napari_milkd.core.errors import MilkdError
-from napari_milkd.core.infer import tile_map_origins
-from napari_milkd.core.project import Project
-from napari_milkd.core.slide import level_for_mpp, open_slide
-from napari_milkd.core.slide_jobs import free_device_memory
-from napari_milkd.core.slide_session import (
-    NO_OPINION,
-    SlideWork,
-    apply_corrections,
-    mask_from_probability,
-    plan_work,
-    record_corrections,
-    tile_crops,
-    tissue_map,
-)
-from napari_milkd.core.train_types import TrainConfig
-from napari_milkd.core.types import LevelInfo, SlideInfo
-from napari_milkd.core.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
+from napari_milkd.core.inference.masks import mask_from_probability
+from napari_milkd.core.runtime import free_device_memory, leave_cores_for_the_gui
+from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
+from napari_milkd.core.session.project import Project
+from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
+from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tile_map_origins, tissue_map
+from napari_milkd.core.slides.slide import level_for_mpp, open_slide
+from napari_milkd.core.slides.types import LevelInfo, SlideInfo
 
 if TYPE_CHECKING:
     import napari
@@ -218,7 +209,7 @@ class TrainingPanel(QWidget):
 
     def _fill_devices(self, combo: QComboBox) -> None:
         """Probe devices (this imports torch) when the list is first opened, not when the widget opens."""
-        from napari_milkd.core.slide_jobs import available_devices
+        from napari_milkd.core.runtime import available_devices
 
         current = combo.currentData()
         combo.clear()
@@ -249,7 +240,7 @@ class TrainingPanel(QWidget):
 
     def on_event(self, event: Any) -> None:
         """Show a job event: batch progress, prediction progress, epoch loss, role reversal."""
-        from napari_milkd.core.slide_jobs import job_summary
+        from napari_milkd.core.session.jobs import job_summary
 
         self.status.setText(job_summary(event))
         if hasattr(event, "n_batches"):
@@ -741,7 +732,7 @@ class SlideWidget(QWidget):
 
     def start_training(self, stage: str, *, resume: bool = True) -> None:
         """Train the teacher, or distil the student from it, in a worker; then predict the slide."""
-        from napari_milkd.core.slide_jobs import slide_stage_job
+        from napari_milkd.core.session.jobs import slide_stage_job
 
         layer = self.weak_layer()
         if layer is None or self.work is None or self.project is None or self.slide_name is None:
@@ -763,7 +754,7 @@ class SlideWidget(QWidget):
             return
         self.training.reset(f"{stage}: starting…")
         self._last_preview = 0.0
-        _leave_a_core_for_the_gui()
+        leave_cores_for_the_gui()
         worker = create_worker(
             slide_stage_job,
             stage,
@@ -1000,14 +991,6 @@ class SlideWidget(QWidget):
         show_info(f"milkd: wrote {written}")
 
 
-def _leave_a_core_for_the_gui() -> None:
-    """Cap torch's CPU threads at cores − 1 so napari's event loop keeps a core while a job trains
-    (benchmarks/bench_gui.py: with every core busy the viewer stalls for tens of milliseconds)."""
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-
-
 def _stack_in_scroll_area(owner: QWidget, boxes: tuple[QWidget, ...]) -> None:
     """Lay ``boxes`` out top to bottom in a vertically scrolling area filling ``owner``."""
     inner = QWidget()
@@ -1140,8 +1123,8 @@ class ImageFolderWidget(QWidget):
 
     def run_dir(self) -> Path:
         """Where checkpoints go: ``<images folder>.milkd`` beside the images, or in the user cache when
-        that folder is read-only (see :func:`~napari_milkd.core.project.default_project_dir`)."""
-        from napari_milkd.core.project import default_project_dir
+        that folder is read-only (see :func:`~napari_milkd.core.session.project.default_project_dir`)."""
+        from napari_milkd.core.session.project import default_project_dir
 
         return default_project_dir(self.images_edit.text())
 
@@ -1171,7 +1154,7 @@ class ImageFolderWidget(QWidget):
 
     def start_load(self) -> None:
         """Read images, labels (and masks) in a worker."""
-        from napari_milkd.core.datasets import load_image_folder
+        from napari_milkd.core.engine.datasets import load_image_folder
 
         if self.worker is not None:
             return
@@ -1202,7 +1185,7 @@ class ImageFolderWidget(QWidget):
 
     def start_training(self) -> None:
         """Train teacher then student in a worker, then predict every image."""
-        from napari_milkd.core.folder_jobs import folder_training_job
+        from napari_milkd.core.session.folder_jobs import folder_training_job
 
         if self.bags is None or self.worker is not None:
             return

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_milkd.core.datasets import BagSet
+from napari_milkd.core.engine.datasets import BagSet
 
 #: ../shared next to the repository (DESIGN.md §7); tests that need it skip when it is absent.
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"

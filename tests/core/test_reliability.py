@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_milkd.core import train as train_module
 from napari_milkd.core.annotations import read_ome_zarr_labels, write_ome_zarr_labels
 from napari_milkd.core.atomic import write_bytes_atomic, write_json_atomic
-from napari_milkd.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_milkd.core.datasets import BagSet, load_image_folder
+from napari_milkd.core.engine import train as train_module
+from napari_milkd.core.engine.checkpoint import load_checkpoint, save_checkpoint
+from napari_milkd.core.engine.config import BatchProgress, BatchSizeReduced, EpochEnd, TrainConfig
+from napari_milkd.core.engine.datasets import BagSet, load_image_folder
+from napari_milkd.core.engine.train import drain, load_model, train_teacher
 from napari_milkd.core.errors import CheckpointError, MilkdError, TrainingError, WriteError
-from napari_milkd.core.project import Project
-from napari_milkd.core.train import drain, load_model, train_teacher
-from napari_milkd.core.train_types import BatchProgress, BatchSizeReduced, EpochEnd, TrainConfig
+from napari_milkd.core.session.project import Project
 
 CFG = TrainConfig(backbone="tiny", size=32, batch_size=4, teacher_epochs=3, device="cpu", lr=3e-3)
 

@@ -57,8 +57,8 @@ def fresh_project(isolated_cache: Path) -> Path:
     """The sample slide's project folder, emptied: each GUI test starts without saved work."""
     import shutil
 
-    from napari_milkd.core.project import default_project_dir
-    from napari_milkd.core.sample_slide import ensure_sample_slide
+    from napari_milkd.core.session.project import default_project_dir
+    from napari_milkd.core.slides.sample import ensure_sample_slide
 
     folder = default_project_dir(ensure_sample_slide().path)
     shutil.rmtree(folder, ignore_errors=True)

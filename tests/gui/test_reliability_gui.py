@@ -17,11 +17,12 @@ from napari.utils.notifications import notification_manager
 
 from napari_milkd import _widget
 from napari_milkd._widget import SlideWidget
-from napari_milkd.core.checkpoint import load_checkpoint
+from napari_milkd.core.engine.checkpoint import load_checkpoint
+from napari_milkd.core.engine.config import EpochEnd
 from napari_milkd.core.errors import SlideError
-from napari_milkd.core.sample_slide import coarse_regions
-from napari_milkd.core.slide_session import NO_OPINION, tissue_map
-from napari_milkd.core.train_types import EpochEnd
+from napari_milkd.core.session.labels import NO_OPINION
+from napari_milkd.core.slides.geometry import tissue_map
+from napari_milkd.core.slides.sample import coarse_regions
 
 
 def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
@@ -171,7 +172,7 @@ def test_closing_the_viewer_during_training_stops_it_and_keeps_the_work(
 
     state = load_checkpoint(fresh_project / "checkpoints" / "teacher.pt")  # whole and loadable
     assert state["epoch"] >= 1 and not state["complete"]
-    from napari_milkd.core.project import Project
+    from napari_milkd.core.session.project import Project
 
     project = Project(fresh_project)
     assert np.array_equal(project.load_array("weak_labels")[0], regions)

@@ -13,12 +13,13 @@ from napari.layers import Image, Labels
 
 from napari_milkd._widget import SlideWidget
 from napari_milkd.core.annotations import mask_to_polygons, polygons_to_mask, read_geojson
-from napari_milkd.core.checkpoint import load_checkpoint
-from napari_milkd.core.sample_slide import coarse_regions
-from napari_milkd.core.slide import open_slide
-from napari_milkd.core.slide_jobs import MapPreview
-from napari_milkd.core.slide_session import NO_OPINION, slide_bags, tissue_map
-from napari_milkd.core.train_types import EpochEnd
+from napari_milkd.core.engine.checkpoint import load_checkpoint
+from napari_milkd.core.engine.config import EpochEnd
+from napari_milkd.core.session.jobs import MapPreview
+from napari_milkd.core.session.labels import NO_OPINION, slide_bags
+from napari_milkd.core.slides.geometry import tissue_map
+from napari_milkd.core.slides.sample import coarse_regions
+from napari_milkd.core.slides.slide import open_slide
 
 PREFIX = "milkd sample slide"
 

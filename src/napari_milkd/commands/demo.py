@@ -68,14 +68,14 @@ def run_headless(args: argparse.Namespace) -> int:
     """Sample slide → weak labels → teacher → student → GeoJSON export, with a summary and a picture.
 
     On the sample slide the weak labels are the coarse regions a pathologist would paint around its
-    known tumour (:func:`~napari_milkd.core.sample_slide.coarse_regions`) and the summary scores both
+    known tumour (:func:`~napari_milkd.core.slides.sample.coarse_regions`) and the summary scores both
     masks against the true tumour. ``--slide`` runs only the tissue/tile steps (no weak labels known).
     """
     from napari_milkd.core.atomic import atomic_path, write_json_atomic
     from napari_milkd.core.errors import InputError, SlideError, write_error
-    from napari_milkd.core.sample_slide import ensure_sample_slide
-    from napari_milkd.core.slide import open_slide
-    from napari_milkd.core.slide_session import plan_work
+    from napari_milkd.core.slides.geometry import plan_work
+    from napari_milkd.core.slides.sample import ensure_sample_slide
+    from napari_milkd.core.slides.slide import open_slide
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -131,11 +131,14 @@ def _train_and_export(
 ) -> dict[str, Any]:
     """Teacher and student on the sample's coarse regions; masks exported as QuPath GeoJSON."""
     from napari_milkd.core.annotations import mask_to_polygons, write_geojson
-    from napari_milkd.core.infer import predict_map
-    from napari_milkd.core.sample_slide import coarse_regions, truth_mask
-    from napari_milkd.core.slide_session import dice, mask_from_probability, slide_bags, tissue_map
-    from napari_milkd.core.train import distill_student, load_model, train_teacher
-    from napari_milkd.core.train_types import TrainConfig
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.metrics import f1_score as dice
+    from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
+    from napari_milkd.core.inference.masks import mask_from_probability
+    from napari_milkd.core.inference.stream import predict_map
+    from napari_milkd.core.session.labels import slide_bags
+    from napari_milkd.core.slides.geometry import tissue_map
+    from napari_milkd.core.slides.sample import coarse_regions, truth_mask
 
     tissue = tissue_map(work)
     regions = coarse_regions(work.downsample, work.shape, tissue)

@@ -30,10 +30,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``teacher.pt`` and ``student.pt`` of the run."""
-    from napari_milkd.core.checkpoint import load_checkpoint
-    from napari_milkd.core.datasets import load_image_folder
-    from napari_milkd.core.evaluate import evaluate_checkpoint
-    from napari_milkd.core.train_types import TrainConfig
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.datasets import load_image_folder
+    from napari_milkd.core.engine.evaluate import evaluate_checkpoint
 
     run_dir = Path(args.run)
     ckpts = {role: run_dir / f"{role}.pt" for role in ("teacher", "student")}

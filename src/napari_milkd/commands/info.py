@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Open the slide and print its facts."""
-    from napari_milkd.core.slide import open_slide
+    from napari_milkd.core.slides.slide import open_slide
 
     source = open_slide(args.slide)
     try:

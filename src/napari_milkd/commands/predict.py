@@ -88,7 +88,7 @@ def _local_workers(args: argparse.Namespace, n_slides: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every slide; print one summary line per slide."""
-    from napari_milkd.core.cohort import make_jobs, run_on_dask, slide_job
+    from napari_milkd.core.inference.cohort import make_jobs, run_on_dask, slide_job
 
     _check(args)
     options: dict[str, Any] = {

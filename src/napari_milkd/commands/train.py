@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_milkd.core.engine.config import BACKBONES, TrainConfig
 from napari_milkd.core.errors import InputError, write_error
-from napari_milkd.core.train_types import BACKBONES, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -78,8 +78,8 @@ def _progress(total: int, desc: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Load the bags, split by patient, train, and write the run folder."""
-    from napari_milkd.core.datasets import load_image_folder
-    from napari_milkd.core.train_types import BatchProgress, BatchSizeReduced, EpochEnd, RoleReversal
+    from napari_milkd.core.engine.config import BatchProgress, BatchSizeReduced, EpochEnd, RoleReversal
+    from napari_milkd.core.engine.datasets import load_image_folder
 
     if args.backbone not in BACKBONES:
         raise InputError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     )
     train, val = bags.split(config.val_fraction, config.seed)
     # torch is imported only now, so bad input is reported without waiting for it.
-    from napari_milkd.core.checkpoint import load_checkpoint
-    from napari_milkd.core.train import distill_student, train_teacher
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+    from napari_milkd.core.engine.train import distill_student, train_teacher
 
     try:
         out.mkdir(parents=True, exist_ok=True)

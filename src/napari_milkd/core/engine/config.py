@@ -1,0 +1,149 @@
+"""Configuration, event and result dataclasses of the training engine.
+
+Owns only plain data: frozen dataclasses that are small and JSON-serialisable with
+:func:`dataclasses.asdict`. May import the standard library only (no numpy, no torch), so front-ends
+can build configs and read events without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Backbone = Literal["vgg16", "efficientnet_lite0", "tiny"]
+Stage = Literal["teacher", "student", "full"]
+
+#: Backbone names :func:`napari_milkd.core.engine.models.build_model` accepts.
+BACKBONES: tuple[str, ...] = ("vgg16", "efficientnet_lite0", "tiny")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (teacher, student, or fully supervised net).
+
+    Defaults differ from the paper where its schedule (31 + 469 epochs at lr 5e-5) is impractical:
+    ``lr=3e-4`` lets an ImageNet-initialised encoder converge in tens of epochs; pass ``lr=5e-5`` for the
+    paper's setting. ``weights`` is ``"default"`` (ImageNet where published, random for ``tiny``),
+    ``"imagenet"``, ``"random"``, or a path to a local weights file.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"
+    size: int = 256
+    batch_size: int = 16
+    teacher_epochs: int = 30
+    student_epochs: int = 60
+    #: Role reversal every ``switch_every`` student epochs from epoch ``switch_from`` (0 disables it).
+    switch_every: int = 30
+    #: First epoch at which a role reversal may happen; ``0`` means ``switch_every``.
+    switch_from: int = 0
+    lr: float = 3e-4
+    weight_decay: float = 5e-5
+    fusion_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
+    #: Teacher loss: ``"dice"`` (the paper's per-image Dice) or ``"gm_bce"`` (generalized-mean-pooled BCE).
+    teacher_loss: str = "dice"
+    gm_r: float = 4.0
+    #: Weight of the OEEM cross-entropy term relative to the Dice term in the student loss.
+    ce_weight: float = 1.0
+    threshold: float = 0.5
+    #: ``"weak"``: MIL teacher + IFKD student from bag labels; ``"full"``: the same net on pixel masks.
+    supervision: str = "weak"
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    #: bf16 autocast on CUDA (ignored elsewhere).
+    amp: bool = True
+    val_fraction: float = 0.2
+    #: Model selection on the validation split: ``"weak"`` (validation loss against bag labels / the first
+    #: teacher's pseudo-masks, no pixel labels) or ``"masks"`` (F1 against validation ground-truth masks).
+    select_on: str = "weak"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (tuples become lists)."""
+        out = asdict(self)
+        out["fusion_weights"] = list(self.fusion_weights)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build a config from :meth:`to_dict` output, ignoring unknown keys (forward compatibility)."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "fusion_weights" in kwargs:
+            kwargs["fusion_weights"] = tuple(float(w) for w in kwargs["fusion_weights"])
+        return cls(**kwargs)
+
+    @property
+    def first_switch(self) -> int:
+        """The first student epoch at which a role reversal happens (``switch_from`` or ``switch_every``)."""
+        return self.switch_from if self.switch_from > 0 else self.switch_every
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Yielded after every optimisation step. ``batch`` counts from 1 to ``n_batches``."""
+
+    stage: str
+    epoch: int
+    n_epochs: int
+    batch: int
+    n_batches: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """Yielded after an epoch, once its checkpoint (if any) is on disk.
+
+    ``val_score`` is higher-is-better (see ``TrainConfig.select_on``); ``checkpoint`` is the file that now
+    holds this epoch, or ``None`` when the run writes no checkpoints.
+    """
+
+    stage: str
+    epoch: int
+    n_epochs: int
+    train_loss: float
+    val_score: float | None
+    best_epoch: int
+    is_best: bool
+    seconds: float
+    checkpoint: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchSizeReduced:
+    """Yielded when a step ran out of GPU memory: training continues with ``new`` samples per batch."""
+
+    stage: str
+    epoch: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True)
+class RoleReversal:
+    """Yielded when the best student so far (epoch ``student_epoch``, on validation) becomes the teacher."""
+
+    epoch: int
+    student_epoch: int
+    val_score: float | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Returned by the training generators (``StopIteration.value``).
+
+    ``checkpoint`` holds the selected model (``model`` key) when the run wrote checkpoints.
+    """
+
+    stage: str
+    epochs: int
+    best_epoch: int
+    best_score: float | None
+    checkpoint: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    switches: list[int] = field(default_factory=list)
+
+
+TrainEvent = BatchProgress | EpochEnd | RoleReversal | BatchSizeReduced

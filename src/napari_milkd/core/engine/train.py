@@ -1,0 +1,586 @@
+"""Training: the MIL teacher, the IFKD student with role reversal, and the fully supervised net.
+
+Owns the training loops, model selection on the validation split, role reversal and checkpointing.
+May import torch, numpy and the other core modules; never napari or Qt.
+
+:func:`train_teacher` and :func:`distill_student` are **generators**: they yield a
+:class:`~napari_milkd.core.engine.config.BatchProgress` after every step, an
+:class:`~napari_milkd.core.engine.config.EpochEnd` after every epoch (its checkpoint already on disk) and a
+:class:`~napari_milkd.core.engine.config.RoleReversal` when the teacher is replaced, and ``return`` a
+:class:`~napari_milkd.core.engine.config.TrainResult` (``StopIteration.value``). A consumer may stop at any
+yield and never resume: nothing is held open across a yield, and ``complete`` is written only in the last
+checkpoint. Model selection and role reversal see only the validation bags passed in; test data never
+enters these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_milkd.core.engine import losses
+from napari_milkd.core.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from napari_milkd.core.engine.config import (
+    BatchProgress,
+    BatchSizeReduced,
+    EpochEnd,
+    RoleReversal,
+    TrainConfig,
+    TrainEvent,
+    TrainResult,
+)
+from napari_milkd.core.engine.datasets import BagSet, augment
+from napari_milkd.core.engine.models import DWSMILNet, SegOutput, build_model
+from napari_milkd.core.errors import CheckpointError, InputError, TrainingError
+from napari_milkd.core.runtime import resolve_device
+
+_STAGE_SEED = {"teacher": 11, "student": 23, "full": 37}
+
+#: Smallest batch size an out-of-memory retry goes down to before training stops.
+MIN_BATCH_SIZE = 1
+
+_log = logging.getLogger(__name__)
+
+
+def new_model(config: TrainConfig, seed_offset: int = 0) -> DWSMILNet:
+    """Build the configured net with a seeded initialisation (does not disturb the global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + seed_offset)
+        return build_model(config.backbone, config.weights, config.fusion_weights)
+
+
+class _Runtime:
+    """Device-dependent settings: autocast, channels_last, where the data lives."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.cuda = self.device.type == "cuda"
+        self.amp = self.cuda and config.amp
+        #: Batch size for evaluation passes; lowered when training runs out of GPU memory.
+        self.batch_size = config.batch_size
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.to(self.device)
+        if self.cuda:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def optimizer(self, model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+        kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+        if self.cuda:
+            kwargs["fused"] = True
+        return torch.optim.Adam(model.parameters(), **kwargs)
+
+    def stage_data(self, arr: np.ndarray | None) -> torch.Tensor | None:
+        """(N, H, W[, C]) uint8 → (N, C, H, W) uint8 tensor, on the GPU when it fits comfortably."""
+        if arr is None:
+            return None
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t.unsqueeze(1)
+        t = t.contiguous()
+        if self.cuda:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if t.numel() < 0.25 * free:
+                return t.to(self.device)
+            return t.pin_memory()
+        return t
+
+    def batch(
+        self,
+        images: torch.Tensor,
+        extra: torch.Tensor | None,
+        idx: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gather, augment (when ``generator``), convert to float [0, 1] on the device."""
+        x = images[idx.to(images.device)].to(self.device, non_blocking=True)
+        e = None if extra is None else extra[idx.to(extra.device)].to(self.device, non_blocking=True)
+        if generator is not None:
+            both = x if e is None else torch.cat([x, e], dim=1)
+            both = augment(both, generator)
+            x, e = (both, None) if e is None else (both[:, :3], both[:, 3:])
+        x = x.float().div_(255)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, e
+
+    def release(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+
+def _epoch_generator(config: TrainConfig, stage: str, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + _STAGE_SEED[stage] * 10_007 + epoch)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def _forward_all(
+    model: torch.nn.Module, images: torch.Tensor, rt: _Runtime, batch_size: int
+) -> Iterator[tuple[torch.Tensor, SegOutput]]:
+    """Eval-mode forward over all bags, without augmentation: yields (index, output) per batch."""
+    model.eval()
+    for start in range(0, images.shape[0], batch_size):
+        idx = torch.arange(start, min(start + batch_size, images.shape[0]))
+        x, _ = rt.batch(images, None, idx, None)
+        with rt.autocast():
+            out = model(x)
+        yield idx, out
+
+
+def predict_probs(
+    model: torch.nn.Module, images: np.ndarray, batch_size: int = 16, device: str | torch.device = "auto"
+) -> np.ndarray:
+    """Fused probabilities (N, S, S) float32 of ``model`` on images (N, S, S, 3) uint8."""
+    rt = _Runtime(TrainConfig(device=str(device)))
+    rt.prepare(model)
+    data = rt.stage_data(images)
+    assert data is not None
+    out = np.empty(images.shape[:3], dtype=np.float32)
+    for idx, o in _forward_all(model, data, rt, batch_size):
+        out[idx.numpy()] = o.fused_prob[:, 0].float().cpu().numpy()
+    return out
+
+
+def _mask_score(prob: torch.Tensor, gt: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-image selection score: tumour F1 on positives, background F1 on negatives (N,)."""
+    pred = (prob >= threshold).flatten(1).float()
+    gt = gt.flatten(1).float() * labels.view(-1, 1).float()
+    pos = labels.view(-1) > 0.5
+    p = torch.where(pos.view(-1, 1), pred, 1 - pred)
+    g = torch.where(pos.view(-1, 1), gt, 1 - gt)
+    denom = p.sum(1) + g.sum(1)
+    return torch.where(denom > 0, 2 * (p * g).sum(1) / denom.clamp_min(1), torch.ones_like(denom))
+
+
+class _Validator:
+    """Scores a model on the validation bags (higher is better); never sees any other data."""
+
+    def __init__(self, val: BagSet | None, config: TrainConfig, rt: _Runtime, stage: str) -> None:
+        self.config, self.rt, self.stage = config, rt, stage
+        self.use_masks = config.select_on == "masks" or stage == "full"
+        self.enabled = val is not None and len(val) > 0
+        self.targets: torch.Tensor | None = None  # the first teacher's fused maps (student, weak selection)
+        if not self.enabled or val is None:
+            return
+        if self.use_masks and val.masks is None:
+            raise InputError("model selection on masks needs ground-truth masks for the validation bags")
+        self.images = rt.stage_data(val.images)
+        self.labels = torch.as_tensor(val.labels, dtype=torch.float32)
+        self.masks = None if val.masks is None else torch.as_tensor(val.masks)
+        self.hard = None if val.hard_labels is None else torch.as_tensor(val.hard_labels)
+
+    def set_targets(self, teacher: torch.nn.Module) -> None:
+        """Freeze the first teacher's fused maps on the validation bags as the student's weak reference."""
+        if self.enabled and not self.use_masks:
+            self.targets = torch.cat(
+                [o.fused_prob.float().cpu() for _, o in _forward_all(teacher, self.images, self.rt, 32)]
+            )
+
+    def score(self, model: torch.nn.Module) -> float | None:
+        if not self.enabled:
+            return None
+        total, count = 0.0, 0
+        for idx, out in _forward_all(model, self.images, self.rt, self.rt.batch_size):
+            dev = out.fused_prob.device
+            labels = self.labels[idx].to(dev)
+            if self.use_masks:
+                assert self.masks is not None
+                gt = self.masks[idx].to(dev)
+                total += float(_mask_score(out.fused_prob.float(), gt, labels, self.config.threshold).sum())
+            else:
+                hard = None if self.hard is None else self.hard[idx].unsqueeze(1).to(dev)
+                if self.stage == "student":
+                    assert self.targets is not None
+                    cfg = self.config
+                    target = self.targets[idx].to(dev)
+                    loss = losses.student_loss(out, target, labels, hard, cfg.threshold, cfg.ce_weight)
+                else:
+                    loss = _teacher_loss(out, labels, self.config)
+                total -= float(loss) * len(idx)
+            count += len(idx)
+        return total / count
+
+
+def _teacher_loss(out: SegOutput, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    if config.teacher_loss == "dice":
+        return losses.mil_dice_loss(out, labels)
+    if config.teacher_loss == "gm_bce":
+        return losses.mil_gm_bce_loss(out, labels, config.gm_r)
+    raise InputError(f"unknown teacher loss {config.teacher_loss!r}; choose dice or gm_bce")
+
+
+def _check_config(config: TrainConfig, train: BagSet) -> None:
+    if config.supervision not in ("weak", "full"):
+        raise InputError(f"supervision must be 'weak' or 'full', got {config.supervision!r}")
+    if config.select_on not in ("weak", "masks"):
+        raise InputError(f"select_on must be 'weak' or 'masks', got {config.select_on!r}")
+    if config.batch_size < 1 or config.size < 16:
+        raise InputError("batch size must be ≥ 1 and size ≥ 16")
+    if len(train) == 0:
+        raise InputError("no training bags")
+    if train.images.shape[1] != config.size or train.images.shape[2] != config.size:
+        raise InputError(f"bags are {train.images.shape[1:3]} but the config says size {config.size}")
+    if config.supervision == "weak" and (train.n_pos == 0 or train.n_neg == 0):
+        raise InputError("weak supervision needs at least one positive and one negative bag")
+    if config.supervision == "full" and train.masks is None:
+        raise InputError("full supervision needs ground-truth masks (--masks)")
+
+
+def _resume_state(
+    checkpoint: Path | None, resume: bool, config: TrainConfig, stage: str
+) -> dict[str, Any] | None:
+    if checkpoint is None or not resume or not checkpoint.exists():
+        return None
+    state = load_checkpoint(checkpoint)
+    saved = TrainConfig.from_dict(state["config"])
+    if state.get("stage") != stage:
+        raise CheckpointError(f"{checkpoint} is a {state.get('stage')} checkpoint, not a {stage} one")
+    for key in ("backbone", "size", "supervision", "fusion_weights"):
+        if getattr(saved, key) != getattr(config, key):
+            raise CheckpointError(f"cannot resume {checkpoint}: {key} differs from the checkpoint's")
+    return state
+
+
+def _result(stage: str, state: dict[str, Any], checkpoint: Path | None) -> TrainResult:
+    return TrainResult(
+        stage=stage,
+        epochs=int(state["epoch"]),
+        best_epoch=int(state["best_epoch"]),
+        best_score=state["best_score"],
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        history=list(state["history"]),
+        switches=list(state.get("switches", [])),
+    )
+
+
+def _kept(checkpoint: Path | None, epoch: int) -> str:
+    """What survives a stop during ``epoch``: the checkpoint of the previous epoch, if one was written."""
+    if checkpoint is not None and epoch > 1 and checkpoint.exists():
+        return f"{checkpoint.name} keeps epoch {epoch - 1}"
+    return "no epoch was completed"
+
+
+def _run_epochs(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    train: BagSet,
+    config: TrainConfig,
+    rt: _Runtime,
+    n_epochs: int,
+    step_loss: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor],
+    validator: _Validator,
+    checkpoint: Path | None,
+    extra_array: np.ndarray | None,
+    state: dict[str, Any] | None,
+    on_epoch_end: Callable[[int, dict[str, Any]], RoleReversal | None] | None = None,
+    extra_payload: Callable[[], dict[str, Any]] | None = None,
+) -> Generator[TrainEvent, None, dict[str, Any]]:
+    """The shared epoch loop; returns the final checkpoint payload (without tensors copied twice)."""
+    opt = rt.optimizer(model, config)
+    images = rt.stage_data(train.images)
+    extra = rt.stage_data(extra_array)
+    labels = torch.as_tensor(train.labels, dtype=torch.float32)
+    assert images is not None
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: float | None = None
+    best_epoch = 0
+    switches: list[int] = []
+    start = 1
+    if state is not None:
+        model.load_state_dict(state["last_model"])
+        opt.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        best_state = clone_state(state["model"])
+        best_score, best_epoch = state["best_score"], int(state["best_epoch"])
+        switches = list(state.get("switches", []))
+        start = int(state["epoch"]) + 1
+    payload: dict[str, Any] = dict(state) if state is not None else {}
+    batch_size = config.batch_size
+    for epoch in range(start, n_epochs + 1):
+        t0 = time.perf_counter()
+        gen = _epoch_generator(config, stage, epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=rt.device)
+        pending = _batches(len(train), batch_size, gen)
+        b = 0
+        while pending:
+            idx = pending.pop(0)
+            try:
+                x, e = rt.batch(images, extra, idx, gen if config.augment else None)
+                loss = step_loss(x, e, labels[idx].to(rt.device))
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"{stage} loss became {loss_value} at epoch {epoch}, batch {b + 1}: training "
+                        f"stopped; {_kept(checkpoint, epoch)} (try a lower learning rate)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            except torch.cuda.OutOfMemoryError:
+                loss = x = e = None  # type: ignore[assignment]
+                opt.zero_grad(set_to_none=True)
+                rt.release()
+                if len(idx) <= MIN_BATCH_SIZE:
+                    raise TrainingError(
+                        f"out of GPU memory at batch size {len(idx)}: training stopped; "
+                        f"{_kept(checkpoint, epoch)} (use a smaller size or backbone, or the CPU)"
+                    ) from None
+                old_size, batch_size = batch_size, max(MIN_BATCH_SIZE, len(idx) // 2)
+                rest = torch.cat([idx, *pending])
+                pending = [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+                rt.batch_size = min(rt.batch_size, batch_size)
+                _log.warning(
+                    "%s: out of GPU memory at batch size %d, continuing with %d", stage, len(idx), batch_size
+                )
+                yield BatchSizeReduced(stage, epoch, old_size, batch_size)
+                continue
+            b += 1
+            loss_sum += loss.detach() * len(idx)
+            yield BatchProgress(stage, epoch, n_epochs, b, b + len(pending), loss_value)
+        train_loss = float(loss_sum) / len(train)
+        score = validator.score(model)
+        is_best = best_state is None or (score is not None and best_score is not None and score > best_score)
+        if score is None:  # no validation split: the last epoch is the selected one
+            is_best = True
+        if is_best:
+            best_state, best_score, best_epoch = clone_state(model.state_dict()), score, epoch
+        record: dict[str, Any] = {
+            "stage": stage,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_score": score,
+            "best_epoch": best_epoch,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        reversal = None
+        if on_epoch_end is not None:
+            reversal = on_epoch_end(epoch, {"best_state": best_state, "best_epoch": best_epoch})
+        if reversal is not None:
+            switches.append(epoch)
+            record["switched_to_epoch"] = reversal.student_epoch
+        history.append(record)
+        assert best_state is not None
+        payload = {
+            "stage": stage,
+            "backbone": config.backbone,
+            "config": config.to_dict(),
+            "epoch": epoch,
+            "complete": False,
+            "model": best_state,
+            "last_model": clone_state(model.state_dict()),
+            "optimizer": opt.state_dict(),
+            "history": history,
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "switches": switches,
+            **(extra_payload() if extra_payload else {}),
+        }
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, payload)
+        yield EpochEnd(
+            stage=stage,
+            epoch=epoch,
+            n_epochs=n_epochs,
+            train_loss=train_loss,
+            val_score=score,
+            best_epoch=best_epoch,
+            is_best=is_best,
+            seconds=record["seconds"],
+            checkpoint=None if checkpoint is None else str(checkpoint),
+        )
+        if reversal is not None:
+            yield reversal
+    if not payload:
+        raise CheckpointError("nothing to train: the checkpoint is past the requested number of epochs")
+    payload["complete"] = True
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, payload)  # the completion flag is written last
+    return payload
+
+
+def train_teacher(
+    train: BagSet,
+    val: BagSet | None,
+    config: TrainConfig,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train the MIL teacher on bag labels (or, with ``supervision="full"``, the net on pixel masks).
+
+    ``train``/``val`` are bags at ``config.size``; ``val`` (may be None) is the only data used for model
+    selection. With ``checkpoint``, every epoch is saved there atomically before its event is yielded;
+    ``resume=True`` continues from it (a complete checkpoint is returned without training).
+    """
+    _check_config(config, train)
+    stage = "full" if config.supervision == "full" else "teacher"
+    ckpt = None if checkpoint is None else Path(checkpoint)
+    state = _resume_state(ckpt, resume, config, stage)
+    if state is not None and state.get("complete"):
+        return _result(stage, state, ckpt)
+    rt = _Runtime(config)
+    model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
+    try:
+        validator = _Validator(val, config, rt, stage)
+        if stage == "full":
+
+            def step(x: torch.Tensor, e: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+                assert e is not None
+                with rt.autocast():
+                    out = model(x)
+                return losses.supervised_loss(out, e, config.ce_weight)
+
+            extra = train.masks
+        else:
+
+            def step(x: torch.Tensor, e: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+                with rt.autocast():
+                    out = model(x)
+                return _teacher_loss(out, y, config)
+
+            extra = None
+        payload = yield from _run_epochs(
+            stage=stage,
+            model=model,
+            train=train,
+            config=config,
+            rt=rt,
+            n_epochs=config.teacher_epochs,
+            step_loss=step,
+            validator=validator,
+            checkpoint=ckpt,
+            extra_array=extra,
+            state=state,
+        )
+        return _result(stage, payload, ckpt)
+    finally:
+        rt.release()
+
+
+def _teacher_weights(teacher: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(teacher, dict):
+        return clone_state(teacher)
+    return clone_state(load_checkpoint(teacher)["model"])
+
+
+def distill_student(
+    train: BagSet,
+    val: BagSet | None,
+    config: TrainConfig,
+    teacher: str | Path | dict[str, torch.Tensor],
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Distil a student from a frozen teacher (IFKD) with role reversal; generator like :func:`train_teacher`.
+
+    ``teacher`` is the teacher's weights (a state dict or a teacher checkpoint; its ``model``). Human hard
+    labels in ``train.hard_labels`` (0/1, 255 = none) override the teacher's targets. Every
+    ``config.switch_every`` epochs from ``config.first_switch`` the best student so far *on ``val``*
+    (the last one when ``val`` is None) becomes the teacher: its weights are copied (never aliased).
+    """
+    _check_config(config, train)
+    if config.supervision != "weak":
+        raise InputError("distillation is for weak supervision; a full-supervision run has no student")
+    stage = "student"
+    ckpt = None if checkpoint is None else Path(checkpoint)
+    state = _resume_state(ckpt, resume, config, stage)
+    if state is not None and state.get("complete"):
+        return _result(stage, state, ckpt)
+    rt = _Runtime(config)
+    teacher_net = new_model(config, 0)
+    teacher_net.load_state_dict(state["teacher_model"] if state is not None else _teacher_weights(teacher))
+    rt.prepare(teacher_net).eval()
+    teacher_net.requires_grad_(False)
+    model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
+    try:
+        validator = _Validator(val, config, rt, stage)
+        if state is not None and "val_targets" in state:
+            validator.targets = state["val_targets"].float()
+        else:
+            validator.set_targets(teacher_net)
+
+        def step(x: torch.Tensor, e: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), rt.autocast():
+                teacher_net.eval()
+                q = teacher_net(x).fused_prob.float()
+            with rt.autocast():
+                out = model(x)
+            return losses.student_loss(out, q, y, e, config.threshold, config.ce_weight)
+
+        def on_epoch_end(epoch: int, info: dict[str, Any]) -> RoleReversal | None:
+            if config.switch_every <= 0 or epoch < config.first_switch or epoch >= config.student_epochs:
+                return None
+            if (epoch - config.first_switch) % config.switch_every:
+                return None
+            teacher_net.load_state_dict(clone_state(info["best_state"]))
+            teacher_net.eval()
+            return RoleReversal(epoch=epoch, student_epoch=int(info["best_epoch"]), val_score=None)
+
+        def extra_payload() -> dict[str, Any]:
+            out: dict[str, Any] = {"teacher_model": clone_state(teacher_net.state_dict())}
+            if validator.targets is not None:
+                out["val_targets"] = validator.targets.clone()
+            return out
+
+        payload = yield from _run_epochs(
+            stage=stage,
+            model=model,
+            train=train,
+            config=config,
+            rt=rt,
+            n_epochs=config.student_epochs,
+            step_loss=step,
+            validator=validator,
+            checkpoint=ckpt,
+            extra_array=train.hard_labels,
+            state=state,
+            on_epoch_end=on_epoch_end,
+            extra_payload=extra_payload,
+        )
+        return _result(stage, payload, ckpt)
+    finally:
+        rt.release()
+
+
+def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet, TrainConfig]:
+    """The selected model of a checkpoint (eval mode, on ``device``) and its config."""
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.backbone, "random", config.fusion_weights)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint} does not match a {config.backbone} model") from exc
+    model.to(resolve_device(device)).eval()
+    return model, config
+
+
+def drain(gen: Generator[TrainEvent, None, TrainResult]) -> TrainResult:
+    """Run a training generator to the end, ignoring its events; return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,154 @@
+"""Long-running slide jobs for front-ends: train (teacher or student) on a slide, then predict its map.
+
+Owns the sequence "open slide → bags → train → load the selected model → predict the working map" as
+one generator, so the widget can run it in a worker thread (progress, Cancel between batches) and tests
+and the CLI can drain it. Jobs receive copies — paths, arrays, configs — never layers, open the slide
+themselves and close it before returning. May import numpy, torch (through the engine) and core modules.
+
+Cancelling (the consumer stops iterating) loses at most the current epoch: the engine writes each
+epoch's checkpoint before yielding its event, and a later job with ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_milkd.core.engine.config import TrainConfig, TrainEvent, TrainResult
+from napari_milkd.core.inference.stream import PredictProgress, predict_map
+from napari_milkd.core.runtime import free_device_memory
+from napari_milkd.core.session.labels import slide_bags
+from napari_milkd.core.slides.geometry import SlideWork
+from napari_milkd.core.slides.slide import open_slide
+
+
+@dataclass(frozen=True)
+class MapPreview:
+    """Prediction progress with the map being filled: rows ``[0, rows_done)`` of ``probability`` are final.
+
+    ``probability`` is the job's own buffer (shared, written by the worker below ``rows_done`` only), so
+    a front-end can show the mask appearing band by band without copying the whole map per event.
+    """
+
+    stage: str
+    done: int
+    total: int
+    rows_done: int
+    probability: np.ndarray
+
+
+JobEvent = TrainEvent | MapPreview
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a job returns: the stage, its working-resolution probability map and its training result."""
+
+    stage: str
+    probability: np.ndarray
+    result: TrainResult
+    n_positive: int
+    n_negative: int
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """True when ``path`` holds a finished run (a later job starts anew instead of resuming it)."""
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+
+    try:
+        return bool(load_checkpoint(path).get("complete"))
+    except Exception:
+        return False
+
+
+def slide_stage_job(
+    stage: str,
+    slide_path: str,
+    mpp: float,
+    work: SlideWork,
+    regions: np.ndarray,
+    config: TrainConfig,
+    checkpoint_dir: str | Path,
+    *,
+    hard_labels: np.ndarray | None = None,
+    teacher_checkpoint: str | Path | None = None,
+    resume: bool = True,
+) -> Generator[JobEvent, None, StageOutput]:
+    """Train ``stage`` (``"teacher"`` or ``"student"``) on a slide's weak labels, then predict its map.
+
+    ``regions`` is the weak-label map (1 contains tumour, 2 tumour-free) and ``hard_labels`` the
+    corrections map (0/1, 255 none), both at the working resolution of ``work``. The checkpoint goes to
+    ``checkpoint_dir/<stage>.pt``; an unfinished one is resumed when ``resume``, a finished one is
+    replaced by a new run. A student needs ``teacher_checkpoint``.
+    """
+    from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
+
+    if stage not in ("teacher", "student"):
+        raise ValueError(f"unknown stage {stage!r}")
+    checkpoint = Path(checkpoint_dir) / f"{stage}.pt"
+    source = open_slide(slide_path, mpp=mpp)
+    try:
+        bags, labels, _ = slide_bags(source, work, regions, hard_labels=hard_labels)
+        train, val = bags.split(0.2, seed=config.seed)
+        if not val.n_pos or not val.n_neg:
+            val = None  # too few bags to hold out both kinds: select on the last epoch
+        continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
+        if stage == "teacher":
+            gen = train_teacher(train, val, config, checkpoint=checkpoint, resume=continuing)
+        else:
+            if teacher_checkpoint is None:
+                raise ValueError("a student needs a teacher checkpoint")
+            gen = distill_student(
+                train, val, config, teacher=teacher_checkpoint, checkpoint=checkpoint, resume=continuing
+            )
+        result = yield from gen
+        model, _ = load_model(checkpoint, device=config.device)
+        buffer = np.zeros(work.shape, np.float32)
+        gen = predict_map(
+            model,
+            source,
+            work.grid,
+            batch_size=config.batch_size,
+            device=config.device,
+            stage=f"{stage} map",
+            out=buffer,
+        )
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                probability = stop.value
+                break
+            yield MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
+        del model
+        free_device_memory()
+    finally:
+        source.close()
+    return StageOutput(
+        stage=stage,
+        probability=probability,
+        result=result,
+        n_positive=labels.n_positive,
+        n_negative=labels.n_negative,
+    )
+
+
+def job_summary(event: Any) -> str:
+    """One line describing a job event, for status bars and logs."""
+    if isinstance(event, PredictProgress | MapPreview):
+        return f"{event.stage}: {event.done}/{event.total} tiles"
+    if hasattr(event, "n_batches"):
+        return f"{event.stage} epoch {event.epoch}/{event.n_epochs}, batch {event.batch}/{event.n_batches}"
+    if hasattr(event, "train_loss"):
+        return f"{event.stage} epoch {event.epoch}/{event.n_epochs} done, loss {event.train_loss:.4f}"
+    if hasattr(event, "old") and hasattr(event, "new"):
+        return f"{event.stage}: out of GPU memory, batch size {event.old} → {event.new}"
+    if hasattr(event, "student_epoch"):
+        return (
+            f"role reversal at epoch {event.epoch}: best student (epoch {event.student_epoch}) is the teacher"
+        )
+    return str(event)
