@@ -185,8 +185,8 @@ def bench_write(source, grid, work: Path) -> dict[str, float]:  # type: ignore[n
     import torch
 
     from napari_milkd.core.engine.models.dws_mil import SegOutput
-    from napari_milkd.core.engine.train import drain
     from napari_milkd.core.inference.stream import predict_slide
+    from napari_milkd.core.progress import drain
     from napari_milkd.core.slides.slide import ArraySlideSource
 
     class Free(torch.nn.Module):
@@ -211,8 +211,8 @@ def bench_write(source, grid, work: Path) -> dict[str, float]:  # type: ignore[n
 def bench_e2e(source, grid, model, args, work: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
     import torch
 
-    from napari_milkd.core.engine.train import drain
     from napari_milkd.core.inference.stream import InferenceRuntime, blend_window, predict_slide
+    from napari_milkd.core.progress import drain
     from napari_milkd.core.slides.geometry import map_geometry, tile_map_origins
     from napari_milkd.core.slides.tiling import read_tile
 
@@ -272,8 +272,8 @@ def _hwm_mb() -> float:
 
 def child_rss(args: argparse.Namespace) -> None:
     """Fresh process: peak RSS of predict_slide over a whole generated slide of ``--size``."""
-    from napari_milkd.core.engine.train import drain
     from napari_milkd.core.inference.stream import predict_slide
+    from napari_milkd.core.progress import drain
     from napari_milkd.core.slides.slide import open_slide
 
     path = make_slide(Path(args.work) / f"slide_{args.size}.tiff", args.size)

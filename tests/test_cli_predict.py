@@ -1,4 +1,5 @@
-"""``milkd predict``: outputs, summary lines, resume, errors, and the Dask path giving identical results."""
+"""``milkd predict``: outputs, summary lines, resume, errors, the model's µm/px from its checkpoint's spec,
+and the Dask path giving identical results."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pytest
 from napari_milkd.cli import main
 from napari_milkd.core.engine.checkpoint import save_checkpoint
 from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.errors import CheckpointError, InputError
 from napari_milkd.core.inference.cohort import (
-    DEFAULT_MODEL_MPP,
-    checkpoint_mpp,
     make_jobs,
+    model_mpp,
     resolve_checkpoint,
     run_on_dask,
     run_slide_job,
@@ -35,31 +36,41 @@ def _slide(path: Path, seed: int, mpp: float | None = 0.5) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `milkd train`-like run folder with a tiny random student (64-px tiles)."""
+def _run(folder: Path, spec: ModelSpec | None) -> Path:
+    """A `milkd train`-like run folder with a tiny random student (64-px tiles); no ``spec``: a legacy one."""
     import torch
 
     from napari_milkd.core.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny", "random")
-    folder = tmp_path_factory.mktemp("run")
-    save_checkpoint(
-        folder / "student.pt",
-        {
-            "stage": "student",
-            "backbone": "tiny",
-            "config": TrainConfig(backbone="tiny", size=64, device="cpu").to_dict(),
-            "epoch": 1,
-            "complete": True,
-            "model": model.state_dict(),
-            "history": [],
-            "best_epoch": 1,
-            "best_score": None,
-        },
-    )
+    payload = {
+        "stage": "student",
+        "backbone": "tiny",
+        "config": TrainConfig(backbone="tiny", size=64, device="cpu").to_dict(),
+        "epoch": 1,
+        "complete": True,
+        "model": model.state_dict(),
+        "history": [],
+        "best_epoch": 1,
+        "best_score": None,
+    }
+    if spec is not None:
+        payload["spec"] = spec.to_dict()
+    save_checkpoint(folder / "student.pt", payload)
     return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose spec says 1 µm/px, 64-px tiles, default overlap."""
+    return _run(tmp_path_factory.mktemp("run"), ModelSpec(mpp=1.0, tile=64, backbone="tiny"))
+
+
+@pytest.fixture(scope="module")
+def legacy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint from before the spec: it does not say at which µm/px it was trained."""
+    return _run(tmp_path_factory.mktemp("legacy"), None)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +88,8 @@ def test_predict_one_slide(
     line = capsys.readouterr().out.strip()
     assert line.startswith("s0: ") and " tiles at 1 µm/px in " in line and "mm²" in line
     prob, mask, facts = open_prediction(out / "s0.zarr")
-    assert prob.shape == (384, 512) and facts["mpp"] == DEFAULT_MODEL_MPP and facts["complete"]
+    assert prob.shape == (384, 512) and facts["mpp"] == 1.0 and facts["complete"]
+    assert facts["tile"] == 64 and facts["stride"] == 64 - 8  # spec's overlap: round(64 / 8)
     assert prob[...].max() > 0 and (prob[...] == 0).any()  # tissue-only tiles: glass stays 0
     assert set(np.unique(mask[...])) <= {0, 1}
     # The stored mask is the widget's: smoothed probability, specks removed (not the raw threshold).
@@ -122,8 +134,9 @@ def test_slide_without_mpp(
     assert err.startswith("milkd: error: ") and "--slide-mpp" in err and len(err.strip().splitlines()) == 1
 
 
-def test_real_slide(run_dir: Path, cmu_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["predict", "--run", str(run_dir / "student.pt"), str(cmu_svs), "--out", str(tmp_path)]
+def test_real_slide(legacy_run: Path, cmu_svs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A legacy checkpoint runs at the µm/px the user gives (``--mpp`` fills what the file lacks)."""
+    argv = ["predict", "--run", str(legacy_run / "student.pt"), str(cmu_svs), "--out", str(tmp_path)]
     assert main([*argv, "--device", "cpu", "--mpp", "2.0", "--batch-size", "32"]) == 0
     prob, _, facts = open_prediction(tmp_path / "CMU-1-Small-Region.zarr")
     ds = 2.0 / facts["slide_mpp"]  # ≈ 4.008 at 0.499 µm/px
@@ -140,9 +153,81 @@ def test_checkpoint_resolution_and_mpp(run_dir: Path, tmp_path: Path) -> None:
     assert resolve_checkpoint(teacher_only) == teacher_only / "teacher.pt"
     with pytest.raises(CheckpointError):
         resolve_checkpoint(tmp_path / "missing")
-    assert checkpoint_mpp({"config": {"size": 256}}) is None
-    assert checkpoint_mpp({"config": {"mpp": 0.5}}) == 0.5
-    assert checkpoint_mpp({"work_mpp": 2, "config": {}}) == 2.0
+
+
+def test_model_mpp_rules() -> None:
+    """The spec's µm/px wins; the user's fills a missing one; a different one, or none at all, is an error."""
+    at_half = ModelSpec(mpp=0.5, tile=64, backbone="tiny")
+    unknown = ModelSpec(mpp=None, tile=64, backbone="tiny")
+    assert model_mpp(at_half, None, "m.pt") == 0.5
+    assert model_mpp(at_half, 0.5, "m.pt") == 0.5
+    assert model_mpp(unknown, 2.0, "m.pt") == 2.0
+    assert model_mpp(None, 2.0, "m.pt") == 2.0
+    with pytest.raises(InputError, match=r"m\.pt was trained at 0\.5 µm/px but --mpp 1 was given"):
+        model_mpp(at_half, 1.0, "m.pt")
+    for spec in (unknown, None):
+        with pytest.raises(InputError, match="does not record the µm/px it was trained at; pass --mpp UM"):
+            model_mpp(spec, None, "m.pt")
+    with pytest.raises(InputError, match="--mpp must be positive"):
+        model_mpp(None, 0.0, "m.pt")
+
+
+def test_predict_runs_at_the_checkpoints_mpp(
+    slides: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Regression: a model trained at 0.5 µm/px is predicted at 0.5 µm/px, with its spec's tile overlap
+    (the old code ignored the spec and ran every such model at 1.0 µm/px with 1/8 overlap)."""
+    run = _run(tmp_path / "run", ModelSpec(mpp=0.5, tile=64, overlap=16, backbone="tiny"))
+    out = tmp_path / "out"
+    argv = ["predict", "--run", str(run), str(slides[0]), "--out", str(out), "--device", "cpu", "--json"]
+    assert main([*argv, "--batch-size", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip())
+    assert summary["mpp"] == 0.5
+    prob, _, facts = open_prediction(out / "s0.zarr")
+    assert facts["mpp"] == 0.5 and facts["slide_mpp"] == 0.5 and prob.shape == (768, 1024)
+    assert facts["tile"] == 64 and facts["stride"] == 64 - 16
+
+
+def test_legacy_checkpoint_needs_mpp(
+    legacy_run: Path, slides: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "predict",
+        "--run",
+        str(legacy_run),
+        str(slides[0]),
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milkd: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "student.pt does not record the µm/px it was trained at; pass --mpp UM" in err
+    assert not (tmp_path / "o" / "s0.zarr").exists()  # refused before any work
+    # The same file passed as a .pt, and the Python API: the same refusal.
+    assert main([*argv[:2], str(legacy_run / "student.pt"), *argv[3:]]) == 2
+    assert "does not record the µm/px" in capsys.readouterr().err
+    with pytest.raises(InputError, match="does not record the µm/px"):
+        make_jobs([slides[0]], legacy_run, tmp_path / "o")
+
+
+def test_conflicting_mpp_is_refused(
+    run_dir: Path, slides: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["predict", "--run", str(run_dir), str(slides[0]), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert main([*argv, "--mpp", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milkd: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "trained at 1 µm/px but --mpp 0.5 was given" in err
+    assert not (tmp_path / "o" / "s0.zarr").exists()
+    # Agreeing with the spec is allowed; so is a job built by hand (the worker checks again).
+    from napari_milkd.core.inference.cohort import PredictJob, slide_job
+
+    job = PredictJob(str(slides[0]), str(run_dir / "student.pt"), str(tmp_path / "o"), "s0", mpp=2.0)
+    with pytest.raises(InputError, match="trained at 1 µm/px but --mpp 2 was given"):
+        next(slide_job(job))
 
 
 def test_dask_matches_single_process(run_dir: Path, slides: list[Path], tmp_path: Path) -> None:

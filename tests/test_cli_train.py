@@ -80,6 +80,92 @@ def test_train_then_evaluate_json(folder: Path, capsys: pytest.CaptureFixture[st
         assert 0 <= model["f1_pos"] <= 1 and 0 <= model["f1_neg"] <= 1
 
 
+def _load(path: Path) -> dict:
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _slide(path: Path, mpp: float) -> Path:
+    """A 384×512 generated slide: textured 'tissue' on white glass."""
+    from napari_milkd.core.slides.sample import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    image = np.full((384, 512, 3), 240, np.uint8)
+    image[60:320, 80:440] = rng.integers(60, 200, (260, 360, 3), dtype=np.uint8)
+    write_pyramidal_tiff(path, [image, image[::4, ::4].copy()], mpp=mpp, tile=128)
+    return path
+
+
+def test_image_mpp_travels_to_predict(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--image-mpp` is recorded in both checkpoints; `milkd predict` runs the model there, unasked."""
+    run = folder / "run"
+    assert main(["train", *data_args(folder), "--out", str(run), *TRAIN, "--image-mpp", "0.5"]) == 0
+    expected = {"mpp": 0.5, "tile": 32, "overlap": 4, "backbone": "tiny"}
+    for name in ("teacher.pt", "student.pt"):
+        spec = _load(run / name)["spec"]
+        assert {k: spec[k] for k in expected} == expected
+    assert json.loads((run / "config.json").read_text())["spec"]["mpp"] == 0.5
+    slide = _slide(folder / "slide.tiff", mpp=0.25)
+    capsys.readouterr()
+    argv = ["predict", "--run", str(run), str(slide), "--out", str(folder / "pred"), "--device", "cpu"]
+    assert main([*argv, "--json", "--batch-size", "64"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mpp"] == 0.5
+    assert main([*argv, "--mpp", "1.0"]) == 2  # contradicts the checkpoint
+    assert "trained at 0.5 µm/px but --mpp 1 was given" in capsys.readouterr().err
+
+
+def test_without_image_mpp_predict_asks(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = folder / "run"
+    assert main(["train", *data_args(folder), "--out", str(run), *TRAIN]) == 0
+    assert _load(run / "student.pt")["spec"]["mpp"] is None
+    capsys.readouterr()
+    slide = _slide(folder / "slide.tiff", mpp=0.25)
+    assert (
+        main(["predict", "--run", str(run), str(slide), "--out", str(folder / "pred"), "--device", "cpu"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("milkd: error: ") and err.count("\n") == 1
+    assert "student.pt does not record the µm/px it was trained at; pass --mpp UM" in err
+    assert main(["train", *data_args(folder), "--out", str(folder / "r2"), *TRAIN, "--image-mpp", "0"]) == 2
+    assert "--image-mpp must be positive" in capsys.readouterr().err
+
+
+def test_explicit_flags_override_the_preset(folder: Path) -> None:
+    run = folder / "run"
+    small = ["--backbone", "tiny", "--size", "32", "--batch-size", "4", "--device", "cpu"]
+    assert main(["train", *data_args(folder), "--out", str(run), "--preset", "paper", *small,
+                 "--teacher-epochs", "1", "--lr", "1e-3"]) == 0  # fmt: skip
+    meta = json.loads((run / "config.json").read_text())
+    config = meta["config"]
+    assert meta["preset"] == "paper"
+    assert (config["backbone"], config["size"], config["batch_size"], config["lr"]) == ("tiny", 32, 4, 1e-3)
+    assert config["weight_decay"] == 5e-5  # not given: the paper's
+    # only the teacher's epochs given: the student gets twice as many, reversal every third of them
+    assert (config["teacher_epochs"], config["student_epochs"], config["switch_every"]) == (1, 2, 1)
+    assert config["switch_from"] == 0  # the paper's epoch-60 start would never come in a 2-epoch run
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in history] == ["teacher", "student", "student"]
+    assert _load(run / "student.pt")["config"] == config
+
+
+def test_default_preset_is_standard() -> None:
+    from napari_milkd.cli import build_parser
+    from napari_milkd.commands.train import _SCHEDULE_FLAGS
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.presets import schedule
+
+    args = build_parser().parse_args(
+        ["train", "--images", "i", "--labels", "l.csv", "--name-column", "n", "--label-column", "c",
+         "--positive", "p", "--out", "o"]
+    )  # fmt: skip
+    assert args.preset == "standard"
+    assert all(getattr(args, flag) is None for flag in _SCHEDULE_FLAGS)  # nothing overrides the preset
+    assert schedule(args.preset, **{f: getattr(args, f) for f in _SCHEDULE_FLAGS}) == TrainConfig()
+
+
 def test_resume_and_refuse_overwrite(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = folder / "run"
     args = ["train", *data_args(folder), "--out", str(run), *TRAIN]

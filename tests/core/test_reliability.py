@@ -21,20 +21,18 @@ from napari_milkd.core.engine import train as train_module
 from napari_milkd.core.engine.checkpoint import load_checkpoint, save_checkpoint
 from napari_milkd.core.engine.config import BatchProgress, BatchSizeReduced, EpochEnd, TrainConfig
 from napari_milkd.core.engine.datasets import BagSet, load_image_folder
-from napari_milkd.core.engine.train import drain, load_model, train_teacher
+from napari_milkd.core.engine.train import load_model, train_teacher
 from napari_milkd.core.errors import CheckpointError, MilkdError, TrainingError, WriteError
+from napari_milkd.core.progress import drain
 from napari_milkd.core.session.project import Project
 
 CFG = TrainConfig(backbone="tiny", size=32, batch_size=4, teacher_epochs=3, device="cpu", lr=3e-3)
 
 
 def _events(gen: object) -> list[object]:
-    out = []
-    while True:
-        try:
-            out.append(next(gen))  # type: ignore[call-overload]
-        except StopIteration:
-            return out
+    out: list[object] = []
+    drain(gen, out.append)  # type: ignore[arg-type]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ numerical faults

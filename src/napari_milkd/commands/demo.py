@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_milkd.core.engine.presets import PRESET_NAMES
+
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
@@ -29,14 +31,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mpp", type=float, default=None, help="µm/px when the slide does not say")
     parser.add_argument("--work-mpp", type=float, default=1.0, help="working resolution, µm/px (default 1)")
     parser.add_argument("--tile", type=int, default=128, help="tile size in pixels (default 128)")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="vgg16, efficientnet_lite0 or tiny")
+    parser.add_argument(
+        "--backbone", default=None, help="vgg16, efficientnet_lite0 or tiny (default: the preset's)"
+    )
+    parser.add_argument(
+        "--preset", default="quick", choices=PRESET_NAMES, help="training schedule (default quick)"
+    )
     parser.add_argument(
         "--epochs",
         type=int,
-        default=6,
-        help="teacher epochs (default 6); the student trains twice as many, with a role reversal every third",
+        default=None,
+        help="teacher epochs (default: the preset's); the student trains twice as many, with a role "
+        "reversal every third",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -67,15 +75,17 @@ def run(args: argparse.Namespace) -> int:
 def run_headless(args: argparse.Namespace) -> int:
     """Sample slide → weak labels → teacher → student → GeoJSON export, with a summary and a picture.
 
-    On the sample slide the weak labels are the coarse regions a pathologist would paint around its
-    known tumour (:func:`~napari_milkd.core.slides.sample.coarse_regions`) and the summary scores both
-    masks against the true tumour. ``--slide`` runs only the tissue/tile steps (no weak labels known).
+    Drives the same :class:`~napari_milkd.core.session.slide_session.SlideSession` as the widget, with
+    ``DIR`` as its project folder. On the sample slide the weak labels are the coarse regions a
+    pathologist would paint around its known tumour (:func:`~napari_milkd.core.slides.sample.
+    coarse_regions`) and the summary scores both masks against the true tumour. ``--slide`` runs only the
+    tissue/tile steps (no weak labels known).
     """
     from napari_milkd.core.atomic import atomic_path, write_json_atomic
-    from napari_milkd.core.errors import InputError, SlideError, write_error
-    from napari_milkd.core.slides.geometry import plan_work
+    from napari_milkd.core.errors import InputError, write_error
+    from napari_milkd.core.session.project import Project
+    from napari_milkd.core.session.slide_session import SlideSession
     from napari_milkd.core.slides.sample import ensure_sample_slide
-    from napari_milkd.core.slides.slide import open_slide
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -88,29 +98,27 @@ def run_headless(args: argparse.Namespace) -> int:
     sample = ensure_sample_slide() if args.slide is None else None
     path = sample.path if sample is not None else args.slide
     timings["slide_s"] = time.perf_counter() - t0
-    source = open_slide(path, mpp=args.mpp)
-    try:
-        info = source.info
-        if not info.has_mpp:
-            raise SlideError(f"{Path(info.path).name} has no µm/px; pass --mpp (e.g. --mpp 0.5)")
-        t1 = time.perf_counter()
-        work = plan_work(source, work_mpp=args.work_mpp, tile=args.tile)
-        timings["tissue_tiles_s"] = time.perf_counter() - t1
-        summary: dict[str, Any] = {
-            "slide": info.to_dict(),
-            "mpp_source": info.mpp_source,
-            "work_mpp": work.grid.mpp,
-            "work_level": work.grid.level,
-            "tile_px": work.grid.tile,
-            "n_tiles": len(work.grid),
-            "tissue_fraction": work.tissue.fraction,
-        }
-        masks: dict[str, np.ndarray] = {}
-        if sample is not None:
-            summary |= _train_and_export(source, work, args, timings, masks)
-        overview, overview_ds = _overview(source, work, sample, masks.get("student"))
-    finally:
-        source.close()
+    session = SlideSession(
+        path, slide_mpp=args.mpp, project=Project(args.out), mpp_hint="pass --mpp (e.g. --mpp 0.5)"
+    )
+    info = session.info
+    t1 = time.perf_counter()
+    session.prepare(args.work_mpp, args.tile)
+    work = session.work
+    assert work is not None
+    timings["tissue_tiles_s"] = time.perf_counter() - t1
+    summary: dict[str, Any] = {
+        "slide": info.to_dict(),
+        "mpp_source": info.mpp_source,
+        "work_mpp": work.grid.mpp,
+        "work_level": work.grid.level,
+        "tile_px": work.grid.tile,
+        "n_tiles": len(work.grid),
+        "tissue_fraction": work.tissue.fraction,
+    }
+    if sample is not None:
+        summary |= _train_and_export(session, args, timings)
+    overview, overview_ds = _overview(session, sample, session.mask("student"))
     with atomic_path(args.out / "overview.png") as tmp:
         import imageio.v3 as iio
 
@@ -126,108 +134,71 @@ def run_headless(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_and_export(
-    source: Any, work: Any, args: argparse.Namespace, timings: dict[str, float], masks: dict[str, np.ndarray]
-) -> dict[str, Any]:
-    """Teacher and student on the sample's coarse regions; masks exported as QuPath GeoJSON."""
-    from napari_milkd.core.annotations import mask_to_polygons, write_geojson
-    from napari_milkd.core.engine.config import TrainConfig
-    from napari_milkd.core.engine.metrics import f1_score as dice
-    from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
-    from napari_milkd.core.inference.masks import mask_from_probability
-    from napari_milkd.core.inference.stream import predict_map
-    from napari_milkd.core.session.labels import slide_bags
-    from napari_milkd.core.slides.geometry import tissue_map
+def _train_and_export(session: Any, args: argparse.Namespace, timings: dict[str, float]) -> dict[str, Any]:
+    """Teacher and student on the sample's coarse regions (the ``--preset`` schedule); masks exported
+    as QuPath GeoJSON with the export policy every front end shares."""
+    import json
+
+    from napari_milkd.commands._progress import ProgressPrinter
+    from napari_milkd.core.engine.metrics import f1_score
+    from napari_milkd.core.engine.presets import schedule
     from napari_milkd.core.slides.sample import coarse_regions, truth_mask
 
-    tissue = tissue_map(work)
-    regions = coarse_regions(work.downsample, work.shape, tissue)
-    bags, labels, _ = slide_bags(source, work, regions)
-    train, val = bags.split(0.2, seed=args.seed)
-    config = TrainConfig(
+    work, mpp = session.work, session.info.mpp
+    session.set_weak_labels(coarse_regions(work.downsample, work.shape, session.tissue))
+    n_pos, n_neg = session.bag_counts()
+    config = schedule(
+        args.preset,
         backbone=args.backbone,
-        size=work.grid.tile,
-        batch_size=args.batch_size,
         teacher_epochs=args.epochs,
-        # The student learns from scratch what the teacher's maps show; it needs longer (the paper: 469
-        # student epochs for 31 teacher epochs). On the sample, 6 → 12 student epochs: Dice 0.67 → 0.88.
-        student_epochs=2 * args.epochs,
-        switch_every=max(1, (2 * args.epochs) // 3),
+        batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
     )
-    ckpt = args.out / "checkpoints"
     truth = np.zeros(work.shape, bool)
     t = truth_mask(work.downsample)
     truth[: t.shape[0], : t.shape[1]] = t[: work.shape[0], : work.shape[1]]
     result: dict[str, Any] = {
-        "n_positive_bags": labels.n_positive,
-        "n_negative_bags": labels.n_negative,
-        "backbone": args.backbone,
-        "teacher_epochs": args.epochs,
-        "student_epochs": 2 * args.epochs,
+        "n_positive_bags": n_pos,
+        "n_negative_bags": n_neg,
+        "backbone": config.backbone,
+        "preset": args.preset,
+        "teacher_epochs": config.teacher_epochs,
+        "student_epochs": config.student_epochs,
     }
+    map_px_mm2 = (work.downsample * mpp) ** 2 / 1e6
     for stage in ("teacher", "student"):
         t0 = time.perf_counter()
-        if stage == "teacher":
-            gen = train_teacher(train, val, config, checkpoint=ckpt / "teacher.pt")
-        else:
-            gen = distill_student(
-                train, val, config, teacher=ckpt / "teacher.pt", checkpoint=ckpt / "student.pt"
-            )
-        _drain_with_progress(gen, stage)
-        timings[f"{stage}_train_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        model, _ = load_model(ckpt / f"{stage}.pt", device=args.device)
-        prob = _drain_with_progress(predict_map(model, source, work.grid, device=args.device), f"{stage} map")
-        timings[f"{stage}_predict_s"] = time.perf_counter() - t1
-        mask = mask_from_probability(prob, tissue).astype(bool)
-        masks[stage] = mask
-        n = write_geojson(
-            args.out / f"{stage}.geojson",
-            mask_to_polygons(mask, work.downsample, simplify_px=1.0, min_area_px=4),
-            mpp=source.info.mpp,
-        )
-        result[f"dice_{stage}"] = dice(mask, truth)
-        result[f"{stage}_features"] = n
-        result[f"{stage}_area_mm2"] = float(mask.sum() * (work.downsample * source.info.mpp) ** 2 / 1e6)
-    result["true_tumour_area_mm2"] = float(truth.sum() * (work.downsample * source.info.mpp) ** 2 / 1e6)
+        with ProgressPrinter() as progress:
+            session.train(stage, config, resume=False, on_event=progress)
+        timings[f"{stage}_s"] = time.perf_counter() - t0
+        mask = session.mask(stage) > 0
+        written = session.export(stage, "geojson", args.out / f"{stage}.geojson")
+        result[f"dice_{stage}"] = f1_score(mask, truth)
+        result[f"{stage}_features"] = len(json.loads(written.read_text())["features"])
+        result[f"{stage}_area_mm2"] = float(mask.sum() * map_px_mm2)
+    result["true_tumour_area_mm2"] = float(truth.sum() * map_px_mm2)
     return result
 
 
-def _drain_with_progress(gen: Any, label: str) -> Any:
-    """Run a core generator to its end, drawing a one-line progress bar on stderr."""
-    last = ""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            sys.stderr.write("\n" if last else "")
-            return stop.value
-        if hasattr(event, "n_batches"):
-            done, total = event.batch, event.n_batches
-            text = f"{label}: epoch {event.epoch}/{event.n_epochs} batch {done}/{total} loss {event.loss:.4f}"
-        elif hasattr(event, "total"):
-            text = f"{label}: {event.done}/{event.total} tiles"
-        else:
-            continue
-        last = text
-        sys.stderr.write("\r" + text.ljust(72))
-        sys.stderr.flush()
-
-
-def _overview(source: Any, work: Any, sample: Any, student: np.ndarray | None) -> tuple[np.ndarray, float]:
+def _overview(session: Any, sample: Any, student: np.ndarray | None) -> tuple[np.ndarray, float]:
     """A picture of the slide (≤ 1600 px) with tissue tinted, tile borders, the true tumour outline (cyan)
     and the student's mask outline (yellow)."""
     from skimage.transform import resize
 
-    info = source.info
+    from napari_milkd.core.slides.slide import open_slide
+
+    info, work = session.info, session.work
     level = max(
         (i for i, lv in enumerate(info.levels) if max(lv.width, lv.height) >= 800),
         default=len(info.levels) - 1,
     )
     lv = info.levels[level]
-    rgb = source.read(level, 0, 0, lv.height, lv.width)
+    source = open_slide(session.slide_path, mpp=session.slide_mpp)
+    try:
+        rgb = source.read(level, 0, 0, lv.height, lv.width)
+    finally:
+        source.close()
     step = max(1, int(np.ceil(max(lv.width, lv.height) / 1600)))
     rgb = rgb[::step, ::step].astype(np.float32)
     ds = lv.downsample * step

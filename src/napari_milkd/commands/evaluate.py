@@ -31,16 +31,16 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``teacher.pt`` and ``student.pt`` of the run."""
     from napari_milkd.core.engine.checkpoint import load_checkpoint
-    from napari_milkd.core.engine.config import TrainConfig
     from napari_milkd.core.engine.datasets import load_image_folder
-    from napari_milkd.core.engine.evaluate import evaluate_checkpoint
+    from napari_milkd.core.engine.evaluate import evaluate_checkpoint, input_size
 
     run_dir = Path(args.run)
     ckpts = {role: run_dir / f"{role}.pt" for role in ("teacher", "student")}
     present = {role: p for role, p in ckpts.items() if p.exists()}
     if not present:
         raise InputError(f"no teacher.pt or student.pt in {run_dir}")
-    sizes = {TrainConfig.from_dict(load_checkpoint(p)["config"]).size for p in present.values()}
+    size_of = {role: input_size(load_checkpoint(p)) for role, p in present.items()}  # spec tile, else size
+    sizes = set(size_of.values())
     results: dict[str, Any] = {"teacher": None, "student": None}
     bags_by_size = {}
     for size in sorted(sizes):
@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
             require_both_classes=False,
         )
     for role, path in present.items():
-        size = TrainConfig.from_dict(load_checkpoint(path)["config"]).size
-        summary, _ = evaluate_checkpoint(path, bags_by_size[size], args.sigma, args.threshold, args.device)
+        summary, _ = evaluate_checkpoint(
+            path, bags_by_size[size_of[role]], args.sigma, args.threshold, args.device
+        )
         results[role] = summary.to_dict()
     if args.json:
         print(json.dumps(results))

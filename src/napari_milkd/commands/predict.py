@@ -5,6 +5,10 @@ Per slide: ``DIR/<name>.zarr`` (OME-Zarr: probability image + ``labels/tumour`` 
 process (per-tile progress bar); several run in parallel on Dask distributed: a local cluster by default,
 an existing one with ``--scheduler ADDRESS`` (progress bar per finished slide). Re-running the same command
 resumes interrupted slides and skips finished ones. torch and dask are imported inside :func:`run` only.
+
+The model runs at the µm/px, tile size and overlap its checkpoint records (its input spec). ``--mpp`` only
+fills in the µm/px of a checkpoint that does not record one; one that contradicts the checkpoint is an
+error, never a silent replacement.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ def register(subparsers: Any) -> None:
         "--mpp",
         type=float,
         default=None,
-        help="µm/px the model runs at (default: from the checkpoint if it records one, else 1.0)",
+        help=(
+            "µm/px of the model's training tiles: required when the checkpoint does not record it "
+            "(e.g. trained without --image-mpp); an error when it records a different one"
+        ),
     )
     p.add_argument(
         "--slide-mpp", type=float, default=None, help="level-0 µm/px for slides whose file lacks it"
@@ -38,7 +45,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: tile / 8)")
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap in px (default: the checkpoint's, tile / 8)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow first batch)")
     p.add_argument("--read-threads", type=int, default=4, help="tile-reading threads per slide (default 4)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
@@ -88,7 +97,9 @@ def _local_workers(args: argparse.Namespace, n_slides: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every slide; print one summary line per slide."""
+    from napari_milkd.commands._progress import ProgressPrinter
     from napari_milkd.core.inference.cohort import make_jobs, run_on_dask, slide_job
+    from napari_milkd.core.progress import drain
 
     _check(args)
     options: dict[str, Any] = {
@@ -104,23 +115,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.scheduler is None and len(args.slides) == 1:
         (job,) = make_jobs(args.slides, args.run, args.out, **options)
-        gen = slide_job(job)
-        bar = None
-        try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    summary = stop.value
-                    break
-                if bar is None:
-                    bar = _bar(event.total, job.name, "tile")
-                    bar.update(event.done)
-                else:
-                    bar.update(event.done - bar.n)
-        finally:
-            if bar is not None:
-                bar.close()
+        with ProgressPrinter() as progress:
+            summary = drain(slide_job(job), progress)
         _print_summary(summary, args.json)
         return 0
 

@@ -3,6 +3,11 @@
 Writes ``RUN_DIR/teacher.pt``, ``RUN_DIR/student.pt`` (a full-supervision run writes only
 ``student.pt``), ``RUN_DIR/config.json`` and ``RUN_DIR/history.jsonl`` (one JSON line per epoch).
 torch is imported inside :func:`run` only.
+
+The schedule is a named preset (``--preset``, default ``standard``) that every explicit flag overrides,
+through :func:`napari_milkd.core.engine.presets.schedule`. Both checkpoints record the model's input spec;
+``--image-mpp`` puts the images' µm/px in it (without it the µm/px is unknown, and ``milkd predict`` asks
+for ``--mpp``).
 """
 
 from __future__ import annotations
@@ -13,10 +18,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_milkd.core.engine.config import BACKBONES, TrainConfig
+from napari_milkd.core.engine.config import BACKBONES
+from napari_milkd.core.engine.presets import PRESET_NAMES, schedule
+from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import InputError, write_error
 
-_DEFAULTS = TrainConfig()
+#: The flags a preset sets and an explicit value overrides (argparse dest → TrainConfig field).
+_SCHEDULE_FLAGS = (
+    "backbone",
+    "weights",
+    "size",
+    "batch_size",
+    "teacher_epochs",
+    "student_epochs",
+    "switch_every",
+    "switch_from",
+    "lr",
+    "weight_decay",
+    "val_fraction",
+    "seed",
+)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, masks_required: bool) -> None:
@@ -37,26 +58,49 @@ def register(subparsers: Any) -> None:
     add_data_arguments(p, masks_required=False)
     p.add_argument("--out", required=True, help="run folder for checkpoints, config and history")
     p.add_argument("--patient-column", help="CSV column grouping images by patient for the validation split")
-    p.add_argument("--backbone", default=_DEFAULTS.backbone, help=f"one of {', '.join(BACKBONES)}")
+    p.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="standard",
+        help="named schedule (default standard: 30 teacher + 60 student epochs); explicit flags override it",
+    )
+    p.add_argument(
+        "--image-mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="µm/px of the images, recorded in the checkpoints (default: unknown; predict then needs --mpp)",
+    )
+    p.add_argument("--backbone", default=None, help=f"one of {', '.join(BACKBONES)} (default: the preset's)")
     p.add_argument(
         "--weights",
-        default=_DEFAULTS.weights,
-        help="'default', 'imagenet', 'random', or an encoder weights file",
+        default=None,
+        help="'default', 'imagenet', 'random', or an encoder weights file (default: 'default')",
     )
-    p.add_argument("--size", type=int, default=_DEFAULTS.size, help="training size in px (square)")
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    p.add_argument("--teacher-epochs", type=int, default=_DEFAULTS.teacher_epochs)
-    p.add_argument("--student-epochs", type=int, default=_DEFAULTS.student_epochs)
     p.add_argument(
-        "--switch-every", type=int, default=_DEFAULTS.switch_every, help="0 disables role reversal"
+        "--size", type=int, default=None, help="training size in px (square; default: the preset's)"
     )
-    p.add_argument("--switch-from", type=int, default=0, help="first role-reversal epoch (default: K)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument(
+        "--student-epochs", type=int, default=None, help="default: the preset's, or 2 × --teacher-epochs"
+    )
+    p.add_argument(
+        "--switch-every",
+        type=int,
+        default=None,
+        help="role reversal every K student epochs; 0 disables it (default: the preset's, or student / 3)",
+    )
+    p.add_argument("--switch-from", type=int, default=None, help="first role-reversal epoch (default: K)")
     p.add_argument("--supervision", choices=("weak", "full"), default="weak")
     p.add_argument("--select-on", choices=("weak", "masks"), default="weak", help="validation criterion")
-    p.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction)
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
+    p.add_argument("--val-fraction", type=float, default=None, help="default: the preset's (0.2)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="Adam weight decay (default: the preset's)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.set_defaults(func=run)
 
@@ -68,54 +112,42 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def _progress(total: int, desc: str) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with napari
-        return None
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, leave=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the bags, split by patient, train, and write the run folder."""
-    from napari_milkd.core.engine.config import BatchProgress, BatchSizeReduced, EpochEnd, RoleReversal
+    from napari_milkd.commands._progress import ProgressPrinter
+    from napari_milkd.core.engine.config import EpochEnd, RoleReversal
     from napari_milkd.core.engine.datasets import load_image_folder
+    from napari_milkd.core.progress import drain
 
-    if args.backbone not in BACKBONES:
+    if args.backbone is not None and args.backbone not in BACKBONES:
         raise InputError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
     if args.supervision == "full" and not args.masks:
         raise InputError("--supervision full needs --masks")
     if args.select_on == "masks" and not args.masks:
         raise InputError("--select-on masks needs --masks (masks of the validation patients are used)")
-    config = TrainConfig(
-        backbone=args.backbone,
-        weights=args.weights,
-        size=args.size,
-        batch_size=args.batch_size,
-        teacher_epochs=args.teacher_epochs,
-        student_epochs=args.student_epochs,
-        switch_every=args.switch_every,
-        switch_from=args.switch_from,
-        lr=args.lr,
+    if args.image_mpp is not None and not args.image_mpp > 0:
+        raise InputError(f"--image-mpp must be positive, got {args.image_mpp}")
+    config = schedule(
+        args.preset,
+        **{flag: getattr(args, flag) for flag in _SCHEDULE_FLAGS},
         supervision=args.supervision,
         select_on="masks" if args.supervision == "full" else args.select_on,
-        val_fraction=args.val_fraction,
         device=args.device,
-        seed=args.seed,
     )
+    spec = ModelSpec.for_config(config, mpp=args.image_mpp)
     out = Path(args.out)
     teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
     if not args.resume and (teacher_ckpt.exists() or student_ckpt.exists()):
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.weights not in ("default", "imagenet", "random") and not Path(args.weights).is_file():
-        raise InputError(f"weights file not found: {args.weights}")
+    if config.weights not in ("default", "imagenet", "random") and not Path(config.weights).is_file():
+        raise InputError(f"weights file not found: {config.weights}")
     bags = load_image_folder(
         args.images,
         args.labels,
         args.name_column,
         args.label_column,
         args.positive,
-        args.size,
+        config.size,
         masks_dir=args.masks,
         patient_column=args.patient_column,
     )
@@ -124,12 +156,20 @@ def run(args: argparse.Namespace) -> int:
     from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.engine.train import distill_student, train_teacher
 
+    if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
+        for ckpt in (teacher_ckpt, student_ckpt):
+            saved = checkpoint_spec(load_checkpoint(ckpt)) if ckpt.exists() else None
+            if saved is not None and saved.mpp is not None:
+                spec = ModelSpec.for_config(config, mpp=saved.mpp)
+                break
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(out, exc) from exc
     meta = {
+        "preset": args.preset,
         "config": config.to_dict(),
+        "spec": spec.to_dict(),
         "data": {
             "images": str(Path(args.images).resolve()),
             "labels": str(Path(args.labels).resolve()),
@@ -153,60 +193,38 @@ def run(args: argparse.Namespace) -> int:
         if args.resume and ckpt.exists():
             history += list(load_checkpoint(ckpt)["history"])
 
-    def drive(gen: Any, desc: str, n_epochs: int) -> Any:
-        done = sum(1 for h in history if h.get("stage") == desc)
-        n_batches = -(-len(train) // config.batch_size)
-        bar = _progress(n_epochs * n_batches, desc)
-        if bar is not None:
-            bar.update(done * n_batches)
-        try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                if isinstance(event, BatchProgress) and bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
-                elif isinstance(event, EpochEnd):
-                    history.append(
-                        {
-                            "stage": event.stage,
-                            "epoch": event.epoch,
-                            "train_loss": event.train_loss,
-                            "val_score": event.val_score,
-                            "best_epoch": event.best_epoch,
-                            "seconds": event.seconds,
-                        }
-                    )
-                    _write_atomic(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-                elif isinstance(event, BatchSizeReduced):
-                    print(
-                        f"{event.stage}: out of GPU memory, continuing with batch size {event.new}",
-                        file=sys.stderr,
-                    )
-                elif isinstance(event, RoleReversal):
-                    history[-1]["switched_to_epoch"] = event.student_epoch
-                    _write_atomic(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        finally:
-            if bar is not None:
-                bar.close()
+    def record(event: Any) -> None:
+        """Keep the epoch history on disk as the run goes (history.jsonl), and show progress."""
+        progress(event)
+        if isinstance(event, EpochEnd):
+            history.append(
+                {
+                    "stage": event.stage,
+                    "epoch": event.epoch,
+                    "train_loss": event.train_loss,
+                    "val_score": event.val_score,
+                    "best_epoch": event.best_epoch,
+                    "seconds": event.seconds,
+                }
+            )
+        elif isinstance(event, RoleReversal) and history:
+            history[-1]["switched_to_epoch"] = event.student_epoch
+        else:
+            return
+        _write_atomic(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
+    def drive(gen: Any) -> Any:
+        with progress:
+            return drain(gen, record)
+
+    progress = ProgressPrinter()
     if config.supervision == "full":
-        result = drive(
-            train_teacher(train, val, config, student_ckpt, args.resume), "full", config.teacher_epochs
-        )
+        result = drive(train_teacher(train, val, config, student_ckpt, args.resume, spec=spec))
         print(f"full supervision: best epoch {result.best_epoch}, checkpoint {student_ckpt}", file=sys.stderr)
         return 0
-    teacher = drive(
-        train_teacher(train, val, config, teacher_ckpt, args.resume), "teacher", config.teacher_epochs
-    )
+    teacher = drive(train_teacher(train, val, config, teacher_ckpt, args.resume, spec=spec))
     print(f"teacher: best epoch {teacher.best_epoch}, checkpoint {teacher_ckpt}", file=sys.stderr)
-    student = drive(
-        distill_student(train, val, config, teacher_ckpt, student_ckpt, args.resume),
-        "student",
-        config.student_epochs,
-    )
+    student = drive(distill_student(train, val, config, teacher_ckpt, student_ckpt, args.resume, spec=spec))
     print(
         f"student: best epoch {student.best_epoch}, role reversals after epochs {student.switches}, "
         f"checkpoint {student_ckpt}",

@@ -12,8 +12,9 @@ import torch
 from napari_milkd.core.engine.checkpoint import load_checkpoint, save_checkpoint
 from napari_milkd.core.engine.config import BatchProgress, EpochEnd, RoleReversal, TrainConfig
 from napari_milkd.core.engine.datasets import BagSet
-from napari_milkd.core.engine.train import distill_student, drain, load_model, predict_probs, train_teacher
+from napari_milkd.core.engine.train import distill_student, load_model, predict_probs, train_teacher
 from napari_milkd.core.errors import CheckpointError, InputError
+from napari_milkd.core.progress import drain
 
 CFG = TrainConfig(
     backbone="tiny", size=32, batch_size=4, teacher_epochs=3, student_epochs=4, switch_every=1,
@@ -79,14 +80,8 @@ def test_resume_matches_uninterrupted_run(square_bags: BagSet, tmp_path: Path, s
             break
     gen.close()
     assert load_checkpoint(part)["epoch"] == 2
-    resumed_events = []
-    gen = run(part, resume=True)
-    while True:
-        try:
-            resumed_events.append(next(gen))
-        except StopIteration as stop:
-            resumed = stop.value
-            break
+    resumed_events: list[object] = []
+    resumed = drain(run(part, resume=True), resumed_events.append)
     first = next(e for e in resumed_events if isinstance(e, BatchProgress))
     assert first.epoch == 3  # continues after the last complete epoch
     a, b = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(part)
@@ -174,9 +169,10 @@ def test_selection_uses_only_the_validation_split(square_bags: BagSet, tmp_path:
         "config",
         "checkpoint",
         "resume",
+        "spec",
     }
     params = set(inspect.signature(distill_student).parameters)
-    assert params == {"train", "val", "config", "teacher", "checkpoint", "resume"}
+    assert params == {"train", "val", "config", "teacher", "checkpoint", "resume", "spec"}
     train, val = _split(square_bags)
     cfg = TrainConfig.from_dict({**CFG.to_dict(), "teacher_epochs": 1, "student_epochs": 3})
     teacher = tmp_path / "t.pt"

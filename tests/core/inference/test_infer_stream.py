@@ -11,7 +11,6 @@ import torch
 
 from napari_milkd.core.annotations import read_ome_zarr_labels
 from napari_milkd.core.engine.models.dws_mil import SegOutput
-from napari_milkd.core.engine.train import drain
 from napari_milkd.core.errors import InputError
 from napari_milkd.core.inference.stream import (
     PROGRESS_FILE,
@@ -22,6 +21,7 @@ from napari_milkd.core.inference.stream import (
     predict_slide,
     read_progress,
 )
+from napari_milkd.core.progress import drain
 from napari_milkd.core.slides.geometry import map_geometry
 from napari_milkd.core.slides.slide import ArraySlideSource
 from napari_milkd.core.slides.tiling import tile_grid
@@ -67,12 +67,8 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def _drain_with_events(gen):  # type: ignore[no-untyped-def]
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, events
+    events: list[object] = []
+    return drain(gen, events.append), events
 
 
 def test_constant_model_gives_constant_zarr(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_milkd.core.engine.metrics import f1_score as dice
-from napari_milkd.core.engine.train import drain
 from napari_milkd.core.errors import InputError
 from napari_milkd.core.inference.stream import blend_window, predict_map
+from napari_milkd.core.progress import drain
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections, slide_bags
 from napari_milkd.core.session.project import Project, default_project_dir
 from napari_milkd.core.session.weak_labels import (

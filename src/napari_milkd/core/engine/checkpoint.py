@@ -5,8 +5,14 @@ Owns the on-disk checkpoint format. May import torch and the standard library.
 A checkpoint is a dict of tensors and plain Python values only (so ``torch.load(weights_only=True)``
 reads it): ``format`` (:data:`FORMAT`), ``stage``, ``backbone``, ``config`` (dict), ``epoch`` (last
 complete epoch), ``complete`` (bool, the run finished), ``model`` (the selected weights, for inference),
+``spec`` (the model's input spec, :meth:`~napari_milkd.core.engine.spec.ModelSpec.to_dict`: ``mpp`` =
+µm/px of the model's input pixels or ``None``, ``tile``, ``overlap``, ``mean``, ``std``, ``backbone``),
 ``last_model`` and ``optimizer`` (to resume), ``history`` (list of dicts), ``best_epoch``, ``best_score``,
-and for the student ``teacher_model``, ``switches`` and ``val_targets``.
+``switches``, and for the student ``teacher_model`` and ``val_targets``.
+
+Checkpoints written before the spec existed lack ``spec``; they still load, and
+:func:`~napari_milkd.core.engine.spec.checkpoint_spec` returns ``None`` for them (a predictor then asks
+the user for the µm/px). A ``spec`` that is present is validated on load.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import torch
 
 from napari_milkd.core.atomic import atomic_path
+from napari_milkd.core.engine.spec import checkpoint_spec
 from napari_milkd.core.errors import CheckpointError
 
 FORMAT = "napari-milkd/checkpoint-v1"
@@ -51,6 +58,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key, kind in (("model", dict), ("backbone", str), ("config", dict)):
         if not isinstance(data.get(key), kind):
             raise CheckpointError(f"checkpoint {path} lacks a valid {key!r}")
+    try:
+        checkpoint_spec(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return data
 
 

@@ -10,7 +10,9 @@ May import torch, numpy and the other core modules; never napari or Qt.
 :class:`~napari_milkd.core.engine.config.TrainResult` (``StopIteration.value``). A consumer may stop at any
 yield and never resume: nothing is held open across a yield, and ``complete`` is written only in the last
 checkpoint. Model selection and role reversal see only the validation bags passed in; test data never
-enters these functions.
+enters these functions. Every checkpoint they write records the model's input spec
+(:class:`~napari_milkd.core.engine.spec.ModelSpec`, key ``"spec"``), so predictors never guess how to feed
+the model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from napari_milkd.core.engine.config import (
 )
 from napari_milkd.core.engine.datasets import BagSet, augment
 from napari_milkd.core.engine.models import DWSMILNet, SegOutput, build_model
+from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import CheckpointError, InputError, TrainingError
 from napari_milkd.core.runtime import resolve_device
 
@@ -261,6 +265,47 @@ def _resume_state(
     return state
 
 
+def _same_mpp(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def _run_spec(
+    spec: ModelSpec | None,
+    config: TrainConfig,
+    state: dict[str, Any] | None,
+    inherited: ModelSpec | None = None,
+    inherited_from: str = "",
+) -> ModelSpec:
+    """The spec a run writes: ``spec``, else ``inherited`` (the teacher's), else from ``config``.
+
+    A resumed run keeps its checkpoint's µm/px: a spec without one takes it, a different one is refused.
+    """
+    if spec is None:
+        spec = inherited if inherited is not None else ModelSpec.for_config(config, mpp=None)
+    elif inherited is not None and inherited.mpp is not None:
+        if spec.mpp is None:
+            spec = replace(spec, mpp=inherited.mpp)
+        elif not _same_mpp(spec.mpp, inherited.mpp):
+            raise InputError(
+                f"{inherited_from} was trained at {inherited.mpp:g} µm/px but the student's spec says "
+                f"{spec.mpp:g} µm/px; the student must learn from tiles at its teacher's µm/px"
+            )
+    if spec.tile != config.size or spec.backbone != config.backbone:
+        raise InputError(
+            f"model spec ({spec.backbone}, {spec.tile} px) does not match the config "
+            f"({config.backbone}, {config.size} px)"
+        )
+    saved = None if state is None else checkpoint_spec(state)
+    if saved is not None and saved.mpp is not None:
+        if spec.mpp is None:
+            spec = replace(spec, mpp=saved.mpp)
+        elif not _same_mpp(spec.mpp, saved.mpp):
+            raise CheckpointError(
+                f"cannot resume: the checkpoint was trained at {saved.mpp:g} µm/px, not {spec.mpp:g} µm/px"
+            )
+    return spec
+
+
 def _result(stage: str, state: dict[str, Any], checkpoint: Path | None) -> TrainResult:
     return TrainResult(
         stage=stage,
@@ -293,6 +338,7 @@ def _run_epochs(
     checkpoint: Path | None,
     extra_array: np.ndarray | None,
     state: dict[str, Any] | None,
+    spec: ModelSpec,
     on_epoch_end: Callable[[int, dict[str, Any]], RoleReversal | None] | None = None,
     extra_payload: Callable[[], dict[str, Any]] | None = None,
 ) -> Generator[TrainEvent, None, dict[str, Any]]:
@@ -387,6 +433,7 @@ def _run_epochs(
             "stage": stage,
             "backbone": config.backbone,
             "config": config.to_dict(),
+            "spec": spec.to_dict(),
             "epoch": epoch,
             "complete": False,
             "model": best_state,
@@ -427,17 +474,23 @@ def train_teacher(
     config: TrainConfig,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    *,
+    spec: ModelSpec | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train the MIL teacher on bag labels (or, with ``supervision="full"``, the net on pixel masks).
 
     ``train``/``val`` are bags at ``config.size``; ``val`` (may be None) is the only data used for model
     selection. With ``checkpoint``, every epoch is saved there atomically before its event is yielded;
-    ``resume=True`` continues from it (a complete checkpoint is returned without training).
+    ``resume=True`` continues from it (a complete checkpoint is returned without training). ``spec`` is
+    the model's input spec written into every checkpoint (``None``: ``ModelSpec.for_config(config,
+    mpp=None)``, µm/px unknown; a resumed run keeps its checkpoint's µm/px). Its ``tile`` and ``backbone``
+    must match ``config``.
     """
     _check_config(config, train)
     stage = "full" if config.supervision == "full" else "teacher"
     ckpt = None if checkpoint is None else Path(checkpoint)
     state = _resume_state(ckpt, resume, config, stage)
+    run_spec = _run_spec(spec, config, state)
     if state is not None and state.get("complete"):
         return _result(stage, state, ckpt)
     rt = _Runtime(config)
@@ -473,16 +526,21 @@ def train_teacher(
             checkpoint=ckpt,
             extra_array=extra,
             state=state,
+            spec=run_spec,
         )
         return _result(stage, payload, ckpt)
     finally:
         rt.release()
 
 
-def _teacher_weights(teacher: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _teacher_weights(
+    teacher: str | Path | dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], ModelSpec | None]:
+    """The teacher's weights and, for a teacher checkpoint, the spec it records."""
     if isinstance(teacher, dict):
-        return clone_state(teacher)
-    return clone_state(load_checkpoint(teacher)["model"])
+        return clone_state(teacher), None
+    state = load_checkpoint(teacher)
+    return clone_state(state["model"]), checkpoint_spec(state)
 
 
 def distill_student(
@@ -492,6 +550,8 @@ def distill_student(
     teacher: str | Path | dict[str, torch.Tensor],
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    *,
+    spec: ModelSpec | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Distil a student from a frozen teacher (IFKD) with role reversal; generator like :func:`train_teacher`.
 
@@ -499,6 +559,11 @@ def distill_student(
     labels in ``train.hard_labels`` (0/1, 255 = none) override the teacher's targets. Every
     ``config.switch_every`` epochs from ``config.first_switch`` the best student so far *on ``val``*
     (the last one when ``val`` is None) becomes the teacher: its weights are copied (never aliased).
+
+    ``spec`` is the student's input spec, written into every checkpoint. ``None``: a teacher checkpoint's
+    spec, else ``ModelSpec.for_config(config, mpp=None)``. A spec without µm/px takes the teacher
+    checkpoint's; a different µm/px than the teacher's raises :class:`InputError` (both learn from the same
+    tiles).
     """
     _check_config(config, train)
     if config.supervision != "weak":
@@ -507,10 +572,15 @@ def distill_student(
     ckpt = None if checkpoint is None else Path(checkpoint)
     state = _resume_state(ckpt, resume, config, stage)
     if state is not None and state.get("complete"):
+        _run_spec(spec, config, state)  # a conflicting µm/px is refused even when nothing is left to do
         return _result(stage, state, ckpt)
+    teacher_state, teacher_spec = (
+        _teacher_weights(teacher) if state is None else (state["teacher_model"], None)
+    )
+    run_spec = _run_spec(spec, config, state, teacher_spec, str(teacher))
     rt = _Runtime(config)
     teacher_net = new_model(config, 0)
-    teacher_net.load_state_dict(state["teacher_model"] if state is not None else _teacher_weights(teacher))
+    teacher_net.load_state_dict(teacher_state)
     rt.prepare(teacher_net).eval()
     teacher_net.requires_grad_(False)
     model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
@@ -556,6 +626,7 @@ def distill_student(
             checkpoint=ckpt,
             extra_array=train.hard_labels,
             state=state,
+            spec=run_spec,
             on_epoch_end=on_epoch_end,
             extra_payload=extra_payload,
         )
@@ -565,7 +636,11 @@ def distill_student(
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet, TrainConfig]:
-    """The selected model of a checkpoint (eval mode, on ``device``) and its config."""
+    """The selected model of a checkpoint (eval mode, on ``device``) and its config.
+
+    Raises :class:`CheckpointError` when the checkpoint's spec records a channel normalisation other than
+    the one this version's model applies (it would be fed wrongly).
+    """
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config.backbone, "random", config.fusion_weights)
@@ -573,14 +648,17 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet,
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint} does not match a {config.backbone} model") from exc
+    spec = checkpoint_spec(state)
+    if spec is not None:
+        applied = (model.mean.flatten().tolist(), model.std.flatten().tolist())
+        if not all(
+            math.isclose(a, b, rel_tol=1e-5)
+            for want, have in zip((spec.mean, spec.std), applied, strict=True)
+            for a, b in zip(want, have, strict=True)
+        ):
+            raise CheckpointError(
+                f"{checkpoint} was trained with normalisation mean {list(spec.mean)}, std {list(spec.std)}; "
+                "this version of napari-milkd applies another"
+            )
     model.to(resolve_device(device)).eval()
     return model, config
-
-
-def drain(gen: Generator[TrainEvent, None, TrainResult]) -> TrainResult:
-    """Run a training generator to the end, ignoring its events; return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

@@ -2,9 +2,10 @@
 
 Owns the job "slide file → tissue → tile grid at the model's µm/px →
 :func:`~napari_milkd.core.inference.stream.predict_slide` → ``<name>.zarr`` + QuPath ``<name>.geojson`` →
-:class:`SlideSummary`", how a run folder or checkpoint is resolved and which µm/px a model runs at, and
-submitting jobs to a Dask cluster. Headless: may import numpy, torch (inside functions), dask/distributed
-(inside functions) and core modules.
+:class:`SlideSummary`", how a run folder or checkpoint is resolved and which µm/px a model runs at (its
+checkpoint's :class:`~napari_milkd.core.engine.spec.ModelSpec`; the user's ``--mpp`` only fills a spec
+that lacks one and never replaces it), and submitting jobs to a Dask cluster. Headless: may import numpy,
+torch (inside functions), dask/distributed (inside functions) and core modules.
 
 A job gets only paths and plain values (:class:`PredictJob`, picklable), opens its slide and loads its
 model itself, so the same function runs in this process or on any Dask worker, and gives the same bytes.
@@ -12,6 +13,7 @@ model itself, so the same function runs in this process or on any Dask worker, a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -19,24 +21,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec, default_overlap
 from napari_milkd.core.errors import CheckpointError, InputError, SlideError
 from napari_milkd.core.inference.stream import PredictProgress, SlidePrediction
-
-#: µm/px a model runs at when its checkpoint does not say (``milkd train`` works on image folders, whose
-#: resolution it does not know): 1.0 µm/px ≈ 10× objective, where the sample slide and demo are trained.
-DEFAULT_MODEL_MPP = 1.0
-#: Overlap between neighbouring tiles, as a fraction of the tile side (32 px for 256-px tiles).
-DEFAULT_OVERLAP_FRACTION = 1 / 8
 
 
 @dataclass(frozen=True)
 class PredictJob:
     """Everything one slide's prediction needs, as plain values (sent to Dask workers as is).
 
-    ``mpp`` is the µm/px the model runs at (``None``: from the checkpoint, else
-    :data:`DEFAULT_MODEL_MPP`); ``slide_mpp`` overrides the slide's own level-0 µm/px (required when the
-    file has none); ``overlap`` is in tile pixels (``None``: 1/8 of the tile); ``torch_threads`` caps torch's
-    CPU threads in the process that runs the job (``None``: leave as is).
+    ``mpp`` is the µm/px of the model's training tiles as the user states it: required when the checkpoint's
+    spec does not record one, and refused when it records a different one (``None``: the spec's);
+    ``slide_mpp`` overrides the slide's own level-0 µm/px (required when the file has none); ``overlap`` is
+    in tile pixels (``None``: the spec's, else 1/8 of the tile); ``torch_threads`` caps torch's CPU threads
+    in the process that runs the job (``None``: leave as is).
     """
 
     slide: str
@@ -102,16 +100,28 @@ def resolve_checkpoint(run: str | os.PathLike[str]) -> Path:
     )
 
 
-def checkpoint_mpp(state: dict[str, Any]) -> float | None:
-    """The µm/px a checkpoint's model was trained at, when it records one (``mpp``/``work_mpp`` at the top
-    level or in its config); ``None`` otherwise."""
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    for where in (state, config):
-        for key in ("mpp", "work_mpp"):
-            value = where.get(key) if isinstance(where, dict) else None
-            if isinstance(value, int | float) and value > 0:
-                return float(value)
-    return None
+def model_mpp(spec: ModelSpec | None, mpp: float | None, checkpoint: str | os.PathLike[str]) -> float:
+    """The µm/px a model runs at: its ``spec``'s; the user's ``mpp`` only where the spec lacks one.
+
+    Raises :class:`InputError` (one line) when neither says, when ``mpp`` is not positive, and when ``mpp``
+    differs from what the spec records (a model's training resolution is never silently replaced).
+    """
+    if mpp is not None and not mpp > 0:
+        raise InputError(f"--mpp must be positive, got {mpp}")
+    recorded = None if spec is None else spec.mpp
+    if recorded is None:
+        if mpp is None:
+            raise InputError(
+                f"{checkpoint} does not record the µm/px it was trained at; "
+                "pass --mpp UM (the µm/px of its training tiles)"
+            )
+        return float(mpp)
+    if mpp is not None and not math.isclose(mpp, recorded, rel_tol=1e-6):
+        raise InputError(
+            f"{checkpoint} was trained at {recorded:g} µm/px but --mpp {mpp:g} was given; "
+            "a model runs at its training µm/px (drop --mpp)"
+        )
+    return recorded
 
 
 def slide_name(slide: str | os.PathLike[str]) -> str:
@@ -126,10 +136,14 @@ def make_jobs(
     out_dir: str | os.PathLike[str],
     **options: Any,
 ) -> list[PredictJob]:
-    """One :class:`PredictJob` per slide; refuses missing slides and two slides with the same name."""
+    """One :class:`PredictJob` per slide; refuses missing slides, two slides with the same name, and a
+    model whose µm/px is unknown or contradicted by ``options["mpp"]`` (see :func:`model_mpp`), before any
+    job starts."""
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.slides.slide import resolve_slide_path
 
     checkpoint = resolve_checkpoint(run)
+    model_mpp(checkpoint_spec(load_checkpoint(checkpoint)), options.get("mpp"), checkpoint)
     jobs: list[PredictJob] = []
     seen: dict[str, str] = {}
     for slide in slides:
@@ -150,15 +164,17 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
     """Predict one slide file into ``out_dir/<name>.zarr`` and ``out_dir/<name>.geojson``.
 
     A generator like :func:`~napari_milkd.core.inference.stream.predict_slide` (progress per batch, a
-    summary at the end); resumes an interrupted zarr of the same model. Raises :class:`SlideError` when the
-    slide has no µm/px and ``slide_mpp`` is not given.
+    summary at the end); resumes an interrupted zarr of the same model. The model runs at the µm/px, tile
+    size and (unless ``job.overlap``) overlap its checkpoint's spec records (:func:`model_mpp`). Raises
+    :class:`SlideError` when the slide has no µm/px and ``slide_mpp`` is not given, :class:`InputError` when
+    the model's µm/px is unknown and ``job.mpp`` is not given, or contradicts it.
     """
     import torch
 
-    from napari_milkd.core.annotations import mask_to_polygons, write_geojson
+    from napari_milkd.core.annotations import write_geojson
     from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.engine.train import load_model
-    from napari_milkd.core.inference.masks import mask_from_probability
+    from napari_milkd.core.inference.masks import mask_from_probability, mask_polygons
     from napari_milkd.core.inference.stream import decode_probability, open_prediction, predict_slide
     from napari_milkd.core.slides.slide import open_slide
     from napari_milkd.core.slides.tiling import tile_grid
@@ -167,15 +183,15 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
     t0 = time.perf_counter()
     if job.torch_threads:
         torch.set_num_threads(int(job.torch_threads))
-    state = load_checkpoint(job.checkpoint)
+    spec = checkpoint_spec(load_checkpoint(job.checkpoint))
+    mpp = model_mpp(spec, job.mpp, job.checkpoint)
     model, config = load_model(job.checkpoint, device="cpu")
-    mpp = job.mpp if job.mpp is not None else (checkpoint_mpp(state) or DEFAULT_MODEL_MPP)
-    del state
-    if not mpp > 0:
-        raise InputError(f"--mpp must be positive, got {mpp}")
     threshold = config.threshold if job.threshold is None else job.threshold
-    tile = int(config.size)
-    overlap = round(tile * DEFAULT_OVERLAP_FRACTION) if job.overlap is None else int(job.overlap)
+    tile = int(config.size) if spec is None else spec.tile
+    if job.overlap is not None:
+        overlap = int(job.overlap)
+    else:
+        overlap = default_overlap(tile) if spec is None or spec.overlap is None else spec.overlap
     out_dir = Path(job.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = open_slide(job.slide, mpp=job.slide_mpp)
@@ -202,14 +218,14 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
     finally:
         source.close()
         del model
-    # The mask users get is the one the widget shows: smoothed probability, specks removed
-    # (slide_session.mask_from_probability), written back over the streamed raw threshold.
+    # The mask users get is the one the widget shows: smoothed probability, specks removed (inference.masks:
+    # one mask and export policy for every front end), written back over the streamed raw threshold.
     probability, mask, _ = open_prediction(result.path, mode="r+")
     prob = decode_probability(probability[...])
     clean = mask_from_probability(prob, prob > 0)
     mask[...] = clean
     tumour_area_mm2 = float(clean.sum()) * result.mpp**2 / 1e6
-    polygons = mask_to_polygons(clean, result.downsample, simplify_px=0.5)
+    polygons = mask_polygons(clean, result.downsample, slide_mpp)
     geojson = out_dir / f"{job.name}.geojson"
     write_geojson(geojson, polygons, name="Tumor", mpp=slide_mpp)
     return SlideSummary(
@@ -229,12 +245,9 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
 
 def run_slide_job(job: PredictJob) -> SlideSummary:
     """:func:`slide_job` drained (what a Dask worker runs)."""
-    gen = slide_job(job)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from napari_milkd.core.progress import drain
+
+    return drain(slide_job(job))
 
 
 def run_on_dask(

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from napari_milkd.core.engine.config import TrainConfig, TrainEvent, TrainResult
-from napari_milkd.core.inference.stream import PredictProgress, predict_map
+from napari_milkd.core.engine.spec import ModelSpec
+from napari_milkd.core.inference.stream import predict_map
 from napari_milkd.core.runtime import free_device_memory
 from napari_milkd.core.session.labels import slide_bags
 from napari_milkd.core.slides.geometry import SlideWork
@@ -83,13 +83,16 @@ def slide_stage_job(
     ``regions`` is the weak-label map (1 contains tumour, 2 tumour-free) and ``hard_labels`` the
     corrections map (0/1, 255 none), both at the working resolution of ``work``. The checkpoint goes to
     ``checkpoint_dir/<stage>.pt``; an unfinished one is resumed when ``resume``, a finished one is
-    replaced by a new run. A student needs ``teacher_checkpoint``.
+    replaced by a new run. A student needs ``teacher_checkpoint``. Every checkpoint records the model's
+    input spec (working µm/px, tile size), so any predictor feeds it as it was trained.
     """
     from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
 
     if stage not in ("teacher", "student"):
         raise ValueError(f"unknown stage {stage!r}")
     checkpoint = Path(checkpoint_dir) / f"{stage}.pt"
+    # The model's input spec travels with its weights: `milkd predict` reads the µm/px and tile from it.
+    spec = ModelSpec.for_config(config, mpp=work.grid.mpp)
     source = open_slide(slide_path, mpp=mpp)
     try:
         bags, labels, _ = slide_bags(source, work, regions, hard_labels=hard_labels)
@@ -98,12 +101,18 @@ def slide_stage_job(
             val = None  # too few bags to hold out both kinds: select on the last epoch
         continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
         if stage == "teacher":
-            gen = train_teacher(train, val, config, checkpoint=checkpoint, resume=continuing)
+            gen = train_teacher(train, val, config, checkpoint=checkpoint, resume=continuing, spec=spec)
         else:
             if teacher_checkpoint is None:
                 raise ValueError("a student needs a teacher checkpoint")
             gen = distill_student(
-                train, val, config, teacher=teacher_checkpoint, checkpoint=checkpoint, resume=continuing
+                train,
+                val,
+                config,
+                teacher=teacher_checkpoint,
+                checkpoint=checkpoint,
+                resume=continuing,
+                spec=spec,
             )
         result = yield from gen
         model, _ = load_model(checkpoint, device=config.device)
@@ -135,20 +144,3 @@ def slide_stage_job(
         n_positive=labels.n_positive,
         n_negative=labels.n_negative,
     )
-
-
-def job_summary(event: Any) -> str:
-    """One line describing a job event, for status bars and logs."""
-    if isinstance(event, PredictProgress | MapPreview):
-        return f"{event.stage}: {event.done}/{event.total} tiles"
-    if hasattr(event, "n_batches"):
-        return f"{event.stage} epoch {event.epoch}/{event.n_epochs}, batch {event.batch}/{event.n_batches}"
-    if hasattr(event, "train_loss"):
-        return f"{event.stage} epoch {event.epoch}/{event.n_epochs} done, loss {event.train_loss:.4f}"
-    if hasattr(event, "old") and hasattr(event, "new"):
-        return f"{event.stage}: out of GPU memory, batch size {event.old} → {event.new}"
-    if hasattr(event, "student_epoch"):
-        return (
-            f"role reversal at epoch {event.epoch}: best student (epoch {event.student_epoch}) is the teacher"
-        )
-    return str(event)

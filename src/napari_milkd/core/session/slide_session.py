@@ -1,0 +1,407 @@
+"""One slide's workflow, headless: the object every front end (widget, CLI, demo, benchmarks) drives.
+
+:class:`SlideSession` owns one slide's working geometry, weak labels, corrections (hard labels),
+teacher/student probability maps and masks, reviewed regions, rounds and the project folder, with
+methods in the user's vocabulary: prepare, paint/import weak labels, train the teacher, distil the
+student, record an edit, next region, next round, export, save, restore.
+
+Threading. Methods that change the session run on the caller's thread (the GUI thread in napari). Long
+work is split in two: a *job* method (:meth:`SlideSession.plan`, :meth:`SlideSession.train_job`) works on
+copies and may run in a worker thread, and an *adopt* method (:meth:`SlideSession.adopt`,
+:meth:`SlideSession.accept`) takes its result back. Headless callers use the one-call forms
+(:meth:`SlideSession.prepare`, :meth:`SlideSession.train`).
+
+All maps are ``(row, col)`` arrays at the working resolution (:mod:`napari_milkd.core.slides.geometry`):
+weak labels 0 none / 1 contains tumour / 2 tumour-free; corrections 0 / 1, ``NO_OPINION`` untouched;
+probabilities float32 in [0, 1]; masks uint8 0/1. May import every core package; never napari or Qt.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_milkd.core.atomic import atomic_path
+from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.errors import InputError, MilkdError, SlideError
+from napari_milkd.core.inference.masks import mask_from_probability, mask_polygons
+from napari_milkd.core.progress import drain
+from napari_milkd.core.session.jobs import JobEvent, StageOutput, slide_stage_job
+from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
+from napari_milkd.core.session.project import Project
+from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
+from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tissue_map
+from napari_milkd.core.slides.slide import open_slide
+from napari_milkd.core.slides.types import SlideInfo
+
+#: The two models of a session, in training order.
+STAGES = ("teacher", "student")
+#: Largest working map side: bigger editable Labels break napari's painting (texture limit).
+MAX_WORK_SIDE = 16384
+#: Export formats :meth:`SlideSession.export` writes.
+EXPORT_FORMATS = ("geojson", "asap", "ome-zarr")
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an annotation import added to the weak labels."""
+
+    n_regions: int
+    warnings: tuple[str, ...]
+
+
+class SlideSession:
+    """One slide's weak-label → teacher → student → corrections → export workflow (see module docstring).
+
+    ``slide_mpp`` is the slide's level-0 µm/px for files that do not record it; a slide without µm/px
+    and no ``slide_mpp`` is refused (:class:`SlideError`, ending with the front end's ``mpp_hint`` on how
+    to give it). ``project`` defaults to the slide's project
+    folder (:meth:`Project.for_slide`).
+    """
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        *,
+        slide_mpp: float | None = None,
+        project: Project | None = None,
+        mpp_hint: str = "give the slide's level-0 µm/px",
+    ) -> None:
+        source = open_slide(slide_path, mpp=slide_mpp)
+        try:
+            self.info: SlideInfo = source.info
+        finally:
+            source.close()
+        if self.info.mpp is None:
+            raise SlideError(f"{Path(slide_path).name} does not record its µm/px; {mpp_hint}")
+        self.slide_path = str(slide_path)
+        self.slide_mpp = slide_mpp
+        self.project = project if project is not None else Project.for_slide(slide_path)
+        self.work: SlideWork | None = None
+        self.tissue: np.ndarray | None = None
+        self.weak: np.ndarray | None = None
+        self.hard: np.ndarray | None = None
+        self.probabilities: dict[str, np.ndarray] = {}
+        self.masks: dict[str, np.ndarray] = {}
+        self.reviewed: set[int] = set()
+        self.round = 0
+
+    # --- prepare -------------------------------------------------------------------------------------
+
+    def saved_settings(self) -> dict[str, Any]:
+        """What the project folder recorded last time (``work_mpp``, ``tile``, ``round``, ...), or ``{}``."""
+        return self.project.load_settings()
+
+    def plan(self, work_mpp: float, tile: int) -> SlideWork:
+        """Tissue, tile grid and working-map geometry at ``work_mpp`` µm/px with ``tile``-px tiles.
+
+        Changes nothing in the session (safe in a worker thread); :meth:`adopt` takes the result.
+        """
+        if not work_mpp > 0:
+            raise InputError(f"working resolution must be positive, got {work_mpp}")
+        source = open_slide(self.slide_path, mpp=self.slide_mpp)
+        try:
+            work = plan_work(source, work_mpp=work_mpp, tile=tile)
+        finally:
+            source.close()
+        if max(work.shape) > MAX_WORK_SIDE:
+            raise MilkdError(
+                f"working map would be {work.shape[1]}×{work.shape[0]} px; napari cannot paint labels above "
+                f"{MAX_WORK_SIDE} px per side: choose a coarser working resolution than {work_mpp:g} µm/px"
+            )
+        return work
+
+    def adopt(self, work: SlideWork) -> list[str]:
+        """Make ``work`` the session's geometry and restore what the project saved; return what was
+        restored, in words. Saved maps of another geometry are resampled onto this one, never dropped."""
+        self.work = work
+        self.tissue = tissue_map(work)
+        self.probabilities, self.masks, self.reviewed = {}, {}, set()
+        restored: list[str] = []
+        weak = self._restored("weak_labels", order=0, said="weak labels", restored=restored)
+        self.weak = weak.astype(np.uint8) if weak is not None else np.zeros(work.shape, np.uint8)
+        hard = self._restored("corrections", order=0, said="corrections", restored=restored)
+        self.hard = hard.astype(np.uint8) if hard is not None else np.full(work.shape, NO_OPINION, np.uint8)
+        if hard is not None:
+            restored[-1] = f"{self.corrected_pixels} corrected pixels" + restored[-1][len("corrections") :]
+        for stage in STAGES:
+            prob = self._restored(f"{stage}_probability", order=1, said=f"{stage} mask", restored=restored)
+            if prob is not None:
+                self._set_probability(stage, prob.astype(np.float32))
+        settings = self.saved_settings()
+        self.round = int(settings.get("round", 0)) if isinstance(settings.get("round", 0), int) else 0
+        self._save_settings()
+        return restored
+
+    def prepare(self, work_mpp: float, tile: int) -> list[str]:
+        """:meth:`plan` then :meth:`adopt`, in one call (headless use)."""
+        return self.adopt(self.plan(work_mpp, tile))
+
+    def _restored(self, name: str, *, order: int, said: str, restored: list[str]) -> np.ndarray | None:
+        """A saved map at the working geometry (resampled when it was saved at another), or None."""
+        assert self.work is not None
+        saved = self.project.load_array(name)
+        if saved is None:
+            return None
+        data, meta = saved
+        if data.shape == self.work.shape:
+            restored.append(said)
+            return data
+        from skimage.transform import resize
+
+        was = meta.get("work_mpp")
+        restored.append(f"{said} (resampled from {was:g} µm/px)" if was else f"{said} (resampled)")
+        return resize(data, self.work.shape, order=order, preserve_range=True, anti_aliasing=False).astype(
+            data.dtype
+        )
+
+    def _require_work(self) -> SlideWork:
+        if self.work is None:
+            raise InputError("prepare the slide first")
+        return self.work
+
+    def _save_settings(self) -> None:
+        work = self._require_work()
+        self.project.save_settings(
+            {
+                "slide": self.info.path,
+                "mpp": self.info.mpp,
+                "work_mpp": work.grid.mpp,
+                "tile": work.grid.tile,
+                "shape": list(work.shape),
+                "round": self.round,
+            }
+        )
+
+    # --- weak labels ---------------------------------------------------------------------------------
+
+    def set_weak_labels(self, regions: np.ndarray) -> None:
+        """Replace the weak-label map (1 contains tumour, 2 tumour-free, 0 no label)."""
+        work = self._require_work()
+        regions = np.asarray(regions)
+        if regions.shape != work.shape:
+            raise InputError(f"weak-label map is {regions.shape}, expected {work.shape} (working resolution)")
+        self.weak = regions.astype(np.uint8, copy=True)
+
+    def mark_all_free(self) -> None:
+        """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
+        self._require_work()
+        assert self.weak is not None and self.tissue is not None
+        self.weak[self.tissue & (self.weak != REGION_TUMOUR)] = REGION_FREE
+
+    def import_annotations(self, path: str | Path) -> ImportSummary:
+        """Add regions from a QuPath GeoJSON or ASAP XML file (Tumor → contains tumour, others → free)."""
+        from napari_milkd.core.annotations import labels_from_annotations, read_asap_xml, read_geojson
+
+        work = self._require_work()
+        assert self.weak is not None
+        reader = read_asap_xml if str(path).lower().endswith(".xml") else read_geojson
+        result = reader(path, slide_shape_l0=self.info.shape)
+        imported = labels_from_annotations(
+            result.annotations, work.shape, work.downsample, unknown_label=REGION_FREE
+        )
+        self.weak[imported > 0] = imported[imported > 0]
+        return ImportSummary(len(result.annotations), tuple(result.warnings))
+
+    def bag_counts(self) -> tuple[int, int]:
+        """``(positive, negative)`` bags (tiles) the current weak labels give."""
+        if self.work is None or self.weak is None:
+            return 0, 0
+        labels = bag_labels_from_regions(self.work.grid, self.weak, self.work.downsample)
+        return labels.n_positive, labels.n_negative
+
+    # --- training ------------------------------------------------------------------------------------
+
+    def checkpoint(self, stage: str) -> Path:
+        """Where ``stage``'s model is (or will be) saved."""
+        return self.project.checkpoints / f"{stage}.pt"
+
+    def has_model(self, stage: str) -> bool:
+        """True when ``stage`` has a checkpoint in the project."""
+        return self.checkpoint(stage).exists()
+
+    def train_job(
+        self, stage: str, config: TrainConfig, *, resume: bool = True
+    ) -> Generator[JobEvent, None, StageOutput]:
+        """The job that trains ``stage`` on the current labels and predicts the slide (see
+        :func:`~napari_milkd.core.session.jobs.slide_stage_job`). It works on copies made now, so it may
+        run in a worker thread; hand its result to :meth:`accept`. Raises :class:`InputError` at once
+        when a kind of bag is missing or the student has no teacher."""
+        if stage not in STAGES:
+            raise InputError(f"unknown stage {stage!r}; choose teacher or student")
+        work = self._require_work()
+        assert self.weak is not None and self.hard is not None
+        pos, neg = self.bag_counts()
+        if not (pos and neg):
+            kind = "positive ('contains tumour')" if not pos else "negative ('tumour-free')"
+            raise InputError(f"cannot train without {kind} bags: paint or import some first")
+        if stage == "student" and not self.has_model("teacher"):
+            raise InputError("train the teacher first")
+        self.save()
+        if config.size != work.grid.tile:
+            config = replace(config, size=work.grid.tile)  # the model sees the session's tiles
+        return slide_stage_job(
+            stage,
+            self.slide_path,
+            self.info.mpp,
+            work,
+            self.weak.copy(),
+            config,
+            self.project.checkpoints,
+            hard_labels=self.hard.copy() if stage == "student" else None,
+            teacher_checkpoint=self.checkpoint("teacher") if stage == "student" else None,
+            resume=resume,
+        )
+
+    def accept(self, output: StageOutput) -> np.ndarray:
+        """Take a finished job's map: store and save it, rebuild the stage's mask with the corrections
+        applied; return that mask."""
+        self._require_work()
+        probability = np.asarray(output.probability, np.float32)
+        self.project.save_array(
+            f"{output.stage}_probability", probability.astype(np.float16), **self._geometry_meta()
+        )
+        return self._set_probability(output.stage, probability)
+
+    def train(
+        self,
+        stage: str,
+        config: TrainConfig,
+        *,
+        resume: bool = True,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> StageOutput:
+        """Train ``stage`` and take its map, in one call (headless use); ``on_event`` sees every event."""
+        output = drain(self.train_job(stage, config, resume=resume), on_event)
+        self.accept(output)
+        return output
+
+    def promote_student(self) -> None:
+        """Next round, first half: the student (its model and map) becomes the teacher."""
+        if not self.has_model("student"):
+            raise InputError("distil a student first")
+        with atomic_path(self.checkpoint("teacher")) as tmp:
+            shutil.copyfile(self.checkpoint("student"), tmp)
+        if "student" in self.probabilities:
+            self._set_probability("teacher", self.probabilities["student"])
+            self.project.save_array(
+                "teacher_probability",
+                self.probabilities["teacher"].astype(np.float16),
+                **self._geometry_meta(),
+            )
+        self.round += 1
+        self._save_settings()
+
+    def next_round_job(self, config: TrainConfig) -> Generator[JobEvent, None, StageOutput]:
+        """Next round: the student becomes the teacher and a new student is distilled from it (the
+        corrections made so far count as ground truth)."""
+        self.promote_student()
+        return self.train_job("student", config, resume=False)
+
+    # --- masks and corrections -----------------------------------------------------------------------
+
+    def _set_probability(self, stage: str, probability: np.ndarray) -> np.ndarray:
+        assert self.tissue is not None and self.hard is not None
+        self.probabilities[stage] = probability
+        mask = apply_corrections(mask_from_probability(probability, self.tissue), self.hard)
+        self.masks[stage] = mask
+        return mask
+
+    def mask(self, stage: str) -> np.ndarray | None:
+        """``stage``'s current mask (corrections applied, edits included), or None before training."""
+        return self.masks.get(stage)
+
+    def record_edit(self, stage: str, edited: np.ndarray) -> int:
+        """The user edited ``stage``'s mask into ``edited``: every pixel that changed becomes ground
+        truth (hard label) for the next distillation. Returns the number of corrected pixels."""
+        if stage not in self.masks or self.hard is None:
+            raise InputError(f"there is no {stage} mask to edit yet")
+        edited = np.asarray(edited)
+        self.hard = record_corrections(self.hard, self.masks[stage], edited)
+        self.masks[stage] = edited.astype(np.uint8, copy=True)
+        return self.corrected_pixels
+
+    @property
+    def corrected_pixels(self) -> int:
+        """Pixels the user has corrected so far."""
+        return 0 if self.hard is None else int((self.hard != NO_OPINION).sum())
+
+    def disagreement(self) -> np.ndarray | None:
+        """``|teacher − student|`` probability, once both exist."""
+        if not all(stage in self.probabilities for stage in STAGES):
+            return None
+        return np.abs(self.probabilities["teacher"] - self.probabilities["student"])
+
+    # --- review and export ---------------------------------------------------------------------------
+
+    def region_scores(self) -> np.ndarray:
+        """Per tile: how much it needs a look (teacher/student disagreement; with one model, its
+        uncertainty); reviewed tiles score −1."""
+        work = self._require_work()
+        if not self.probabilities:
+            raise InputError("train a model first")
+        score_map = self.disagreement()
+        if score_map is None:
+            prob = next(iter(self.probabilities.values()))
+            score_map = 0.5 - np.abs(prob - 0.5)
+        index = np.arange(len(work.grid))
+        scores = tile_crops(score_map.astype(np.float32), work, index).mean(axis=(1, 2))
+        scores[list(self.reviewed)] = -1
+        return scores
+
+    def next_region(self) -> int | None:
+        """The unreviewed tile that needs a look most (marked reviewed), or None when all were seen."""
+        scores = self.region_scores()
+        best = int(np.argmax(scores))
+        if scores[best] < 0:
+            return None
+        self.reviewed.add(best)
+        return best
+
+    def region_bounds_l0(self, tile: int) -> tuple[float, float, float, float]:
+        """``(y0, x0, y1, x1)`` of tile ``tile`` in level-0 pixels."""
+        return self._require_work().grid.bounds_l0(tile)
+
+    def export(self, stage: str, fmt: str, path: str | Path) -> Path:
+        """Write ``stage``'s current mask as ``"geojson"`` (QuPath), ``"asap"`` (XML) or ``"ome-zarr"``
+        (labels) to ``path``, with the one export policy (:func:`~napari_milkd.core.inference.masks.
+        mask_polygons`); return the path written."""
+        from napari_milkd.core.annotations import write_asap_xml, write_geojson, write_ome_zarr_labels
+
+        work = self._require_work()
+        mask = self.masks.get(stage)
+        if mask is None:
+            raise InputError(f"there is no {stage} mask to export yet")
+        if fmt not in EXPORT_FORMATS:
+            raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        target = Path(path)
+        if fmt == "ome-zarr":
+            write_ome_zarr_labels(
+                target, (mask > 0).astype(np.uint8), name=stage, mpp=self.info.mpp, downsample=work.downsample
+            )
+            return target
+        polygons = mask_polygons(mask > 0, work.downsample, self.info.mpp)
+        if fmt == "asap":
+            write_asap_xml(target, polygons)
+        else:
+            write_geojson(target, polygons, mpp=self.info.mpp)
+        return target
+
+    # --- persistence ---------------------------------------------------------------------------------
+
+    def _geometry_meta(self) -> dict[str, float]:
+        return {"work_mpp": float(self._require_work().grid.mpp)}
+
+    def save(self) -> None:
+        """Write weak labels and corrections to the project folder (atomic)."""
+        if self.work is None:
+            return
+        if self.weak is not None:
+            self.project.save_array("weak_labels", self.weak, **self._geometry_meta())
+        if self.hard is not None:
+            self.project.save_array("corrections", self.hard, **self._geometry_meta())
