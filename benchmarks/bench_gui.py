@@ -9,7 +9,11 @@ with ``napari.qt.threading.create_worker`` exactly as the widget runs its jobs:
   progress only;
 * ``predict``: :func:`~napari_milkd.core.inference.stream.predict_slide` over the sample slide, progress only;
 * ``predict_live``: the same, and each event also copies the newly final rows of the mask into a Labels
-  layer and refreshes it (the "mask appears progressively" display).
+  layer and refreshes it (the "mask appears progressively" display);
+* ``slide_job``: what *Train teacher* in the slide widget runs, end to end: a
+  :class:`~napari_milkd.core.session.slide_session.SlideSession` on the sample slide (prepared, coarse
+  weak labels), its ``train_job`` in a worker, each ``MapPreview`` drawn by the widget's own
+  :class:`~napari_milkd._widget.slide_layers.SlideLayers`, and ``session.accept`` on the main thread.
 
 p50/p99/max stall in ms per phase. Needs a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui.py``.
 """
@@ -51,7 +55,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=2.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the worker")
-    parser.add_argument("--phases", default="idle,train,predict,predict_live")
+    parser.add_argument("--phases", default="idle,train,predict,predict_live,slide_job")
     args = parser.parse_args()
 
     import napari
@@ -179,6 +183,39 @@ def main() -> None:
 
         return start
 
+    def slide_job(done: Callable[[], None]) -> Any:
+        from napari_milkd._widget.slide_layers import SlideLayers
+        from napari_milkd.core.engine.presets import schedule
+        from napari_milkd.core.session.jobs import MapPreview
+        from napari_milkd.core.session.project import Project
+        from napari_milkd.core.session.slide_session import SlideSession
+        from napari_milkd.core.slides.geometry import tissue_map
+        from napari_milkd.core.slides.sample import coarse_regions
+
+        session = SlideSession(sample.path, project=Project(work / "project"))
+        session.prepare(1.0, size)
+        assert session.work is not None
+        session.set_weak_labels(
+            coarse_regions(session.work.downsample, session.work.shape, tissue_map(session.work))
+        )
+        layers = SlideLayers(viewer)
+        layers.attach(viewer.layers[0].name, session.work.downsample)
+        job = session.train_job(
+            "teacher", schedule("quick", backbone=args.backbone, teacher_epochs=args.epochs, device="cpu")
+        )
+
+        def run() -> Any:
+            return (yield from job)
+
+        worker = create_worker(run)
+        worker.yielded.connect(lambda e: layers.show_preview(e) if isinstance(e, MapPreview) else None)
+        worker.returned.connect(session.accept)
+        worker.finished.connect(layers.drop_preview)
+        worker.finished.connect(session.close)
+        worker.finished.connect(done)
+        worker.start()
+        return worker
+
     report: dict[str, Any] = {
         "backbone": args.backbone,
         "tick_ms": args.tick,
@@ -199,6 +236,8 @@ def main() -> None:
         report["predict"] = measure(predict_job(False))
     if "predict_live" in phases:
         report["predict_live"] = measure(predict_job(True))
+    if "slide_job" in phases:
+        report["slide_job"] = measure(slide_job)
     viewer.close()
     print(json.dumps(report, indent=1))
 

@@ -57,12 +57,12 @@ def folder_screenshot(glas: Path, backbone: str, epochs: int) -> None:
     widget.patient_column.setText("patient_id")
     widget.training.backbone_combo.setCurrentText(backbone)
     widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
-    widget.training.teacher_epochs.setValue(epochs)
-    widget.training.student_epochs.setValue(2 * epochs)
+    widget.training.teacher_epochs.value = epochs
+    widget.training.student_epochs.value = 2 * epochs
     widget.load_button.click()
-    wait(lambda: widget.worker is None and widget.bags is not None)
+    wait(lambda: widget.training.worker is None and widget.bags is not None)
     widget.train_button.click()
-    wait(lambda: widget.worker is None and widget.output is not None)
+    wait(lambda: widget.training.worker is None and widget.output is not None)
     positives = [i for i in range(len(widget.bags)) if widget.bags.labels[i]]
     widget.show_image(positives[len(positives) // 2])
     viewer.layers["milkd folder ground truth"].visible = True
@@ -88,16 +88,17 @@ def main() -> None:
     viewer.window._qt_window.resize(1500, 950)
     viewer.open_sample("napari-milkd", "sample_slide")
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
-    widget.backbone_combo.setCurrentText(args.backbone)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.teacher_epochs.setValue(args.epochs)
-    widget.student_epochs.setValue(2 * args.epochs)  # the widget's default ratio
+    training = widget.training
+    training.backbone_combo.setCurrentText(args.backbone)
+    training.device_combo.setCurrentIndex(training.device_combo.findData("cpu"))
+    training.teacher_epochs.value = args.epochs
+    training.student_epochs.value = 2 * args.epochs  # the presets' ratio
     viewer.reset_view()
     shot(viewer, "slide-widget")
 
-    widget.prepare_button.click()
-    wait(lambda: widget.work is not None and widget.worker is None)
     prefix = "milkd sample slide"
+    widget.prepare_button.click()
+    wait(lambda: f"{prefix} weak labels" in viewer.layers and training.worker is None)
     viewer.layers["true tumour (sample)"].visible = True
     viewer.layers[f"{prefix} weak labels"].visible = False
     viewer.reset_view()
@@ -105,14 +106,14 @@ def main() -> None:
 
     viewer.layers[f"{prefix} weak labels"].visible = True
     viewer.layers[f"{prefix} tiles"].visible = False
-    regions = coarse_regions(widget.work.downsample, widget.work.shape, tissue_map(widget.work))
-    widget.start_painting(1)
-    widget.weak_layer().data = regions
-    widget._on_weak_paint()
+    work = widget.session.work
+    regions = coarse_regions(work.downsample, work.shape, tissue_map(work))
+    widget.paint_tumour.click()
+    viewer.layers[f"{prefix} weak labels"].data = regions  # the session's map follows the layer
     shot(viewer, "weak-labels")
 
     widget.train_teacher_button.click()
-    wait(lambda: widget.worker is None and widget._layer("teacher mask") is not None)
+    wait(lambda: training.worker is None and f"{prefix} teacher mask" in viewer.layers)
     viewer.layers[f"{prefix} weak labels"].visible = False
     shot(viewer, "teacher")
 
@@ -134,7 +135,7 @@ def main() -> None:
     viewer.reset_view()
 
     widget.train_student_button.click()
-    wait(lambda: widget.worker is None and widget._layer("student mask") is not None)
+    wait(lambda: training.worker is None and f"{prefix} student mask" in viewer.layers)
     viewer.layers[f"{prefix} teacher mask"].visible = False
     shot(viewer, "student")
 
@@ -142,9 +143,9 @@ def main() -> None:
     disagreement.visible = True
     disagreement.opacity = 0.45
     viewer.layers[f"{prefix} student mask"].visible = False
-    widget.next_region()
+    widget.review_button.click()
     shot(viewer, "review")
-    out = widget.export(
+    out = widget.session.export(
         "student", "geojson", default_project_dir(ensure_sample_slide().path) / "student.geojson"
     )
     print("exported", out)

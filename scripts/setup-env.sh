@@ -7,15 +7,32 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# System packages for running napari under a virtual display (DESIGN.md §6), only where missing.
-if [[ "${MILKD_GUI_PACKAGES:-0}" == "1" ]] && ! { command -v xvfb-run >/dev/null && [[ -e /usr/lib/x86_64-linux-gnu/libxcb-cursor.so.0 || -e /usr/lib/aarch64-linux-gnu/libxcb-cursor.so.0 ]] && ldconfig -p | grep -q libEGL.so.1; }; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  echo "== installing Debian packages for a virtual display"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
-    libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
-    libxcb-cursor0 libdbus-1-3 libfontconfig1 >/dev/null
+# System packages for running napari under a virtual display (DESIGN.md §6): the GUI tests (and the
+# demo on a machine without a screen) draw napari into xvfb with Mesa's software OpenGL, and Qt's xcb
+# platform needs these X libraries. Installed only when one is missing, checked with dpkg-query, which a
+# normal user has on PATH (ldconfig lives in /usr/sbin, which is not), so a second run asks for no sudo.
+GUI_PACKAGES=(xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
+  libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0
+  libxcb-cursor0 libdbus-1-3 libfontconfig1)
+missing_gui_packages() {
+  local pkg
+  for pkg in "${GUI_PACKAGES[@]}"; do
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || echo "$pkg"
+  done
+}
+if [[ "${MILKD_GUI_PACKAGES:-0}" == "1" ]]; then
+  if ! command -v dpkg-query >/dev/null; then
+    echo "== not a Debian/Ubuntu system: install xvfb, Mesa (EGL/GL) and Qt's xcb libraries yourself" >&2
+  else
+    MISSING="$(missing_gui_packages | tr '\n' ' ')"
+    if [[ -n "${MISSING// /}" ]]; then
+      SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+      echo "== installing Debian packages for a virtual display: $MISSING"
+      $SUDO apt-get update -qq
+      # shellcheck disable=SC2086
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $MISSING >/dev/null
+    fi
+  fi
 fi
 
 PY="${PYTHON:-}"

@@ -21,9 +21,11 @@ SHARED_DATA = Path(os.environ.get("MILKD_SHARED_DATA") or (REPO / ".." / "shared
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated data (the sample slide) goes to a per-session folder, never the user's cache."""
+    """Generated data (the sample slide) and projects go to a per-session folder, never the user's
+    cache or data folder."""
     folder = Path(os.environ.get("MILKD_TEST_CACHE_DIR") or tmp_path_factory.mktemp("milkd-cache"))
     os.environ["MILKD_CACHE_DIR"] = str(folder)
+    os.environ["MILKD_PROJECTS"] = str(folder / "user-data" / "projects")
     return folder
 
 

@@ -92,12 +92,18 @@ def test_predict_one_slide(
     assert facts["tile"] == 64 and facts["stride"] == 64 - 8  # spec's overlap: round(64 / 8)
     assert prob[...].max() > 0 and (prob[...] == 0).any()  # tissue-only tiles: glass stays 0
     assert set(np.unique(mask[...])) <= {0, 1}
-    # The stored mask is the widget's: smoothed probability, specks removed (not the raw threshold).
+    # The stored mask is the widget's: smoothed probability inside the slide's tissue mask, specks removed
+    # (not the raw threshold); its facts describe it.
     from napari_milkd.core.inference.masks import mask_from_probability
     from napari_milkd.core.inference.stream import decode_probability
+    from napari_milkd.core.slides.geometry import plan_work, tissue_map
+    from napari_milkd.core.slides.slide import open_slide
 
+    with open_slide(slides[0]) as source:
+        tissue = tissue_map(plan_work(source, work_mpp=1.0, tile=64, overlap=8))
     p = decode_probability(prob[...])
-    assert np.array_equal(mask[...], mask_from_probability(p, p > 0))
+    assert np.array_equal(mask[...], mask_from_probability(p, tissue))
+    assert facts["tumour_px"] == int(mask[...].sum()) and "inside the slide's tissue mask" in facts["mask"]
     features = json.loads((out / "s0.geojson").read_text())["features"]
     assert all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
     # Rerun: resumed from the finished zarr, nothing computed; JSON summary.
@@ -251,3 +257,20 @@ def test_dask_matches_single_process(run_dir: Path, slides: list[Path], tmp_path
         ga = json.loads(Path(a.geojson).read_text())["features"]
         gb = json.loads(Path(b.geojson).read_text())["features"]
         assert [f["geometry"] for f in ga] == [f["geometry"] for f in gb]
+
+
+def test_predict_names_the_model_and_warns_when_it_knows_only_the_sample(
+    run_dir: Path, slides: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model trained only on the synthetic sample slide still predicts, but says so before any work."""
+    from napari_milkd.core.engine.card import slide_provenance
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "student.pt")
+    state["card"] = slide_provenance(["milkd-sample-v3.tiff"], sample_only=True)
+    sample_run = tmp_path / "sample-run"
+    save_checkpoint(sample_run / "student.pt", state)
+    assert main(["predict", str(slides[0]), "--run", str(sample_run), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "trained only on the synthetic sample slide" in err
+    assert "student model (tiny, 64-px tiles at 1 µm/px) trained on 1 slide (milkd-sample-v3.tiff" in err

@@ -262,3 +262,58 @@ def test_glas_end_to_end_short(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["evaluate", "--run", str(run), *data, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["student"]["n_pos"] + result["student"]["n_neg"] == len(keep)
+
+
+def test_info_prints_the_model_card_of_a_run_and_a_checkpoint(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15 case 7: ``milkd info RUN|MODEL.pt`` (``--json``) prints what the model was trained on."""
+    run = folder / "run"
+    args = [
+        "train",
+        *data_args(folder),
+        "--patient-column",
+        "patient",
+        "--out",
+        str(run),
+        "--preset",
+        "quick",
+    ]
+    assert main([*args, *TRAIN, "--image-mpp", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model:") == 2 and "stage:        teacher" in out and "stage:        student" in out
+    assert "trained on:   image folder images with labels labels.csv" in out
+    assert "positive = tumour; negative = normal" in out and "preset:       quick" in out
+    assert "tiny, 32-px tiles at 0.5 µm/px" in out and "epochs:       2/2" in out
+    assert main(["info", str(run / "student.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    card = info["card"]
+    assert info["sample_only"] is False and info["summary"].startswith("student model (tiny")
+    assert card["trained_on"]["images"] == str((folder / "images").resolve())
+    assert card["trained_on"]["patient_column"] == "patient" and card["classes"]["negative"] == ["normal"]
+    assert card["validation"]["best_epoch"] >= 1 and card["created"] and card["teacher"]["stage"] == "teacher"
+    assert main(["info", str(run), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["run"] == str(run) and set(both["models"]) == {"teacher", "student"}
+
+
+def test_info_warns_about_a_sample_only_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from napari_milkd.core.engine.card import slide_provenance
+    from napari_milkd.core.engine.checkpoint import save_checkpoint
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.models import build_model
+
+    config = TrainConfig(backbone="tiny", size=32)
+    model = build_model("tiny", "random")
+    card = {**slide_provenance(["sample.tiff"], sample_only=True), "stage": "teacher"}
+    save_checkpoint(tmp_path / "demo.pt", {"stage": "teacher", "backbone": "tiny", "config": config.to_dict(),
+                                           "model": model.state_dict(), "card": card})  # fmt: skip
+    assert main(["info", str(tmp_path / "demo.pt")]) == 0
+    captured = capsys.readouterr()
+    assert "trained only on the synthetic sample slide" in captured.out
+    assert captured.err.startswith("milkd: warning: demo.pt: trained only on the synthetic sample slide")
+    assert torch.load(tmp_path / "demo.pt", weights_only=True)["card"]["trained_on"]["sample_only"] is True

@@ -70,7 +70,8 @@ def test_labels_writers_round_trip_in_level0_pixels(
     if fmt == "geojson":
         feature = json.loads(path.read_text())["features"][0]
         measured = feature["properties"].get("measurements", {})
-        assert ("Area µm^2" in measured) == (mpp is not None)
+        assert ("milkd: Area µm^2" in measured) == (mpp is not None)
+        assert "Area µm^2" not in measured  # QuPath computes that column itself
 
 
 def test_labels_writer_class_names_multiscale_and_extra_axes(tmp_path: Path) -> None:
@@ -216,3 +217,62 @@ def test_writer_module_loads_neither_qt_nor_torch_nor_napari() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_labels_layer_at_half_micron_over_quarter_micron_slide(tmp_path: Path) -> None:
+    """A Labels layer drawn at 0.5 µm/px over a slide whose level 0 is 0.25 µm/px: each label pixel is
+    2×2 level-0 pixels, whatever the layer's units say as long as they are honoured."""
+    layers = pytest.importorskip("napari.layers")
+    labels = np.zeros((10, 10), np.uint8)
+    labels[2, 3] = 1
+    slide = {"milkd_slide": {"mpp_x": 0.25, "mpp_y": 0.25}}
+    cases = [
+        ((0.5, 0.5), ("micrometer", "micrometer"), slide),
+        ((0.0005, 0.0005), ("millimeter", "millimeter"), slide),  # was read as µm: 1000× too small
+        ((500.0, 500.0), ("nanometer", "nanometer"), {"milkd_mpp": 0.25}),
+    ]
+    for scale, units, metadata in cases:
+        layer = layers.Labels(labels, scale=scale, units=units, metadata=metadata, name="drawn")
+        data, meta, _ = layer.as_layer_data_tuple()
+        path = tmp_path / f"{units[0]}.geojson"
+        write_labels_geojson(str(path), data, meta)
+        (annotation,) = read_geojson(path).annotations
+        # napari centres data pixel (2, 3) at world (1.0, 1.5) µm = level-0 (4, 6) centre → corner box.
+        assert annotation.geometry.bounds == pytest.approx((5.5, 3.5, 7.5, 5.5)), units
+
+
+def test_layer_in_microns_without_slide_mpp_is_refused(tmp_path: Path) -> None:
+    """napari's "new labels" copies the image's scale and units but not its metadata: such a layer in
+    µm with no slide µm/px used to be written as if µm were level-0 pixels (4× too small at 0.25)."""
+    layers = pytest.importorskip("napari.layers")
+    labels = np.zeros((10, 10), np.uint8)
+    labels[2:5, 3:6] = 1
+    layer = layers.Labels(labels, scale=(0.25, 0.25), units=("micrometer", "micrometer"), name="new")
+    data, meta, _ = layer.as_layer_data_tuple()
+    path = tmp_path / "new.geojson"
+    for writer in (write_labels_geojson, write_labels_asap):
+        with pytest.raises(InputError, match=r"layer 'new' is in physical units .* no slide µm/px"):
+            writer(str(path), data, meta)
+    assert not path.exists()
+    # Pixel units without a µm/px stay level-0 pixels (slides of unknown resolution).
+    plain = layers.Labels(labels, scale=(2.0, 2.0), name="px")
+    data, meta, _ = plain.as_layer_data_tuple()
+    write_labels_geojson(str(path), data, meta)
+    (annotation,) = read_geojson(path).annotations
+    assert annotation.geometry.area == pytest.approx(9 * 4)
+    with pytest.raises(InputError, match="'parsec' units"):
+        write_labels_geojson(str(path), labels, {"name": "odd", "units": ["parsec", "parsec"]})
+
+
+def test_writer_applies_the_slide_bounds_offset_for_qupath(tmp_path: Path) -> None:
+    """On a slide with ``openslide.bounds-x/y`` QuPath's coordinates start at the bounds' corner."""
+    labels = np.zeros((4, 4), np.uint8)
+    labels[1, 2] = 1
+    meta = _labels_meta(2.0, 0.5)
+    meta["metadata"]["milkd_slide"] = {"mpp_x": 0.5, "mpp_y": 0.5, "bounds_l0": [100, 40, 500, 500]}
+    path = tmp_path / "mrxs.geojson"
+    write_labels_geojson(str(path), labels, meta)
+    (annotation,) = read_geojson(path).annotations
+    assert annotation.geometry.bounds == (4.0 - 100, 2.0 - 40, 6.0 - 100, 4.0 - 40)
+    (again,) = read_geojson(path, offset_l0=(100, 40)).annotations
+    assert again.geometry.bounds == (4.0, 2.0, 6.0, 4.0)

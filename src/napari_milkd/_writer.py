@@ -4,9 +4,12 @@ Owns the translation from a napari layer's data and state (``scale``, ``translat
 to level-0 polygons; the files themselves are written by ``core.annotations``. napari adapter ring:
 Qt-free, and imports nothing from napari at all (napari hands us plain data and a state dict).
 
-Geometry: a layer's world coordinates are µm when the slide's µm/px is known, else level-0 pixels.
-The µm/px comes from ``metadata["milkd_mpp"]`` (a number, or ``(mpp_y, mpp_x)``) or from slide facts
-under ``metadata["milkd_slide"]``; when neither is there, world units are taken as level-0 pixels.
+Geometry: a layer's world units come from its ``units`` and the slide's µm/px, from
+``metadata["milkd_mpp"]`` (a number, or ``(mpp_y, mpp_x)``) or slide facts under
+``metadata["milkd_slide"]`` (:func:`world_per_l0`): physical units (µm, nm, mm, ...) are converted and
+need that µm/px — a layer in µm without one is refused, never guessed; pixel units mean µm when the
+metadata has a µm/px (layers napari-milkd placed), else level-0 pixels. GeoJSON subtracts the slide's
+bounds offset (``milkd_slide["bounds_l0"]``, MRXS), as QuPath expects.
 A mask made at downsample ``ds`` sits at ``scale = mpp·ds``, ``translate = mpp·(ds−1)/2``
 (``_layers.mask_layer_kwargs``); the writers invert exactly that, and handle any other scale/translate
 the same way. Rotated, sheared or affine-transformed layers are refused.
@@ -67,6 +70,94 @@ def layer_mpp(meta: Mapping[str, Any]) -> tuple[float, float] | None:
     return None
 
 
+#: World units napari may give a layer → µm per unit (``None``: pixels, no physical size).
+_UNIT_UM: dict[str, float | None] = {
+    "pixel": None,
+    "px": None,
+    "": None,
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "nanometer": 1e-3,
+    "nm": 1e-3,
+    "millimeter": 1e3,
+    "mm": 1e3,
+    "centimeter": 1e4,
+    "cm": 1e4,
+    "meter": 1e6,
+    "m": 1e6,
+}
+
+
+def _units_um(meta: Mapping[str, Any]) -> tuple[float | None, float | None] | None:
+    """µm per world unit of the last two axes (``None`` per axis: pixels); ``None`` when no units given.
+
+    napari layers carry ``units`` (pint units, or strings in a state dict); unknown units are refused.
+    """
+    units = meta.get("units")
+    if units is None:
+        return None
+    if isinstance(units, str) or not isinstance(units, Sequence):
+        units = [units, units]
+    out: list[float | None] = []
+    for unit in list(units)[-2:]:
+        text = "" if unit is None else str(unit).strip().lower()
+        if text not in _UNIT_UM:
+            raise InputError(
+                f"layer {meta.get('name', '')!r} is in {text!r} units: only pixels and metric lengths export"
+            )
+        out.append(_UNIT_UM[text])
+    return out[0], out[1]
+
+
+def _unit_names(meta: Mapping[str, Any]) -> str:
+    units = meta.get("units")
+    if isinstance(units, Sequence) and not isinstance(units, str):
+        return ", ".join(str(u) for u in list(units)[-2:])
+    return str(units)
+
+
+def world_per_l0(meta: Mapping[str, Any]) -> np.ndarray:
+    """World units per level-0 pixel of a layer's last two axes, ``(y, x)``, from its ``units`` and the
+    slide's µm/px (:func:`layer_mpp`); refuses what it cannot know rather than guess.
+
+    - physical units (µm, nm, mm, ...): the slide's µm/px is required (else :class:`InputError`);
+    - pixel units with a µm/px in the metadata: the layer was placed by napari-milkd, world = µm;
+    - pixel units without one: world units are level-0 pixels (slides of unknown µm/px).
+    """
+    mpp = layer_mpp(meta)
+    units = _units_um(meta)
+    if units is not None and any(u is not None for u in units):
+        if mpp is None:
+            raise InputError(
+                f"layer {meta.get('name', '')!r} is in physical units ({_unit_names(meta)}) but carries "
+                "no slide µm/px (metadata 'milkd_mpp' or 'milkd_slide'): cannot place it on level-0 "
+                "pixels; draw it over a slide opened with napari-milkd, or set metadata['milkd_mpp']"
+            )
+        per_unit = np.array([u if u is not None else np.nan for u in units], dtype=float)
+        if np.isnan(per_unit).any():
+            raise InputError(f"layer {meta.get('name', '')!r} mixes pixel and physical units across axes")
+        return np.asarray(mpp, dtype=float) / per_unit
+    return np.asarray(mpp or (1.0, 1.0), dtype=float)
+
+
+def layer_offset_l0(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """``(x, y)`` bounds offset of the slide under a layer (``milkd_slide`` facts' ``bounds_l0``), or 0.
+
+    QuPath shows slides with ``openslide.bounds-*`` (MRXS) cropped to their bounds: its coordinates
+    are level-0 minus this offset."""
+    facts = (meta.get("metadata") or {}).get(SLIDE_META)
+    bounds = facts.get("bounds_l0") if isinstance(facts, Mapping) else None
+    if (
+        isinstance(bounds, Sequence)
+        and len(bounds) >= 2
+        and all(isinstance(v, int | float) for v in bounds[:2])
+    ):
+        return float(bounds[0]), float(bounds[1])
+    return 0.0, 0.0
+
+
 def _plane_transform(meta: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The last two axes' ``(scale, translate)``; refuses rotated, sheared or affine layers."""
     ndim = len(meta.get("scale", (1, 1)))
@@ -113,7 +204,7 @@ def labels_annotations(data: Any, meta: Mapping[str, Any]) -> list[Annotation]:
     if labels.ndim != 2:
         raise InputError(f"only 2-D label layers export, this one has shape {labels.shape}")
     scale, translate = _plane_transform(meta)
-    mpp = np.asarray(layer_mpp(meta) or (1.0, 1.0))
+    mpp = world_per_l0(meta)  # world units per level-0 pixel
     ds_y, ds_x = (_snap(v) for v in scale / mpp)
     # Pixel (r, c) centre: world r·s + t → level-0 (napari data) (r·s + t)/mpp → corner convention + ½;
     # its left/top edge is half a pixel (ds/2 level-0 pixels) before the centre.
@@ -158,7 +249,7 @@ def shapes_annotations(data: Any, meta: Mapping[str, Any]) -> list[Annotation]:
     if isinstance(types, str):
         types = [types] * len(shapes)
     scale, translate = _plane_transform(meta)
-    mpp = np.asarray(layer_mpp(meta) or (1.0, 1.0))
+    mpp = world_per_l0(meta)  # world units per level-0 pixel
     classes = _shape_classes(meta, len(shapes))
     out: list[Annotation] = []
     for index, (vertices, kind) in enumerate(zip(shapes, types, strict=False)):
@@ -196,8 +287,12 @@ def _write(
 def _geojson_writer(meta: Mapping[str, Any]) -> Callable[..., int]:
     mpp = layer_mpp(meta)
 
+    offset = layer_offset_l0(meta)
+
     def write(path: str, annotations: list[Annotation]) -> int:
-        return write_geojson(path, annotations, mpp=None if mpp is None else (mpp[0] + mpp[1]) / 2)
+        return write_geojson(
+            path, annotations, mpp=None if mpp is None else (mpp[0] + mpp[1]) / 2, offset_l0=offset
+        )
 
     return write
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_milkd import __version__
@@ -24,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_milkd.commands.train",
     "napari_milkd.commands.evaluate",
     "napari_milkd.commands.predict",
+    "napari_milkd.commands.annotations",
 )
 
 
@@ -49,7 +52,17 @@ def fail(message: str) -> int:
     """Print the one-line error contract and return the exit code 2."""
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
     sys.stderr.write(f"milkd: error: {first_line}\n")
+    _quiet_abandoned_writes()
     return 2
+
+
+def _quiet_abandoned_writes() -> None:
+    """Writes still in flight on zarr's I/O loop die with a failed run; the error line already says why,
+    so their "never retrieved" / "never awaited" reports at exit would only bury it in tracebacks."""
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in str(record.msg)
+    )
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

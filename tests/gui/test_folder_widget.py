@@ -6,6 +6,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from napari.utils.notifications import notification_manager
 
 from napari_milkd._widget import ImageFolderWidget
 
@@ -44,8 +45,10 @@ def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Pa
     assert isinstance(widget, ImageFolderWidget)
     assert not widget.train_button.isEnabled()
 
-    widget.start_load()  # nothing chosen yet: refused with a notification
-    assert widget.worker is None
+    before = len(notification_manager.records)
+    widget.load_button.click()  # nothing chosen yet: refused with a notification
+    assert widget.training.worker is None
+    assert any("choose an image folder" in str(n.message) for n in notification_manager.records[before:])
     widget.images_edit.setText(str(images))
     widget.csv_edit.setText(str(csv))
     widget.masks_edit.setText(str(masks))
@@ -54,15 +57,15 @@ def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Pa
     widget.patient_column.setText("patient")
     widget.size_spin.setValue(64)
     widget.load_button.click()
-    qtbot.waitUntil(lambda: widget.worker is None and widget.bags is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: widget.training.worker is None and widget.bags is not None, timeout=30_000)
     assert "12 images: 6 positive, 6 negative" in widget.load_note.text()
 
     widget.training.backbone_combo.setCurrentText("tiny")
     widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
-    widget.training.teacher_epochs.setValue(1)
-    widget.training.student_epochs.setValue(1)
+    widget.training.teacher_epochs.value = 1
+    widget.training.student_epochs.value = 1
     widget.train_button.click()
-    qtbot.waitUntil(lambda: widget.worker is None and widget.output is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: widget.training.worker is None and widget.output is not None, timeout=120_000)
     assert (widget.run_dir() / "teacher.pt").exists() and (widget.run_dir() / "student.pt").exists()
     assert widget.output.teacher.shape == (12, 64, 64)
 

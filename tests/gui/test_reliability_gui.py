@@ -15,31 +15,34 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from napari_milkd import _widget
-from napari_milkd._widget import SlideWidget
+from napari_milkd._widget import SlideWidget, slide_widget
 from napari_milkd.core.engine.checkpoint import load_checkpoint
-from napari_milkd.core.engine.config import EpochEnd
+from napari_milkd.core.engine.config import EpochEnd, TrainResult
 from napari_milkd.core.errors import SlideError
+from napari_milkd.core.session.jobs import StageOutput
 from napari_milkd.core.session.labels import NO_OPINION
 from napari_milkd.core.slides.geometry import tissue_map
 from napari_milkd.core.slides.sample import coarse_regions
+
+WEAK = "milkd sample slide weak labels"
 
 
 def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
     viewer = make_napari_viewer(show=False)
     viewer.open_sample("napari-milkd", "sample_slide")
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
-    widget.backbone_combo.setCurrentText("tiny")
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.teacher_epochs.setValue(1)
+    widget.training.backbone_combo.setCurrentText("tiny")
+    widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
+    widget.training.teacher_epochs.value = 1
     widget.prepare_button.click()
-    qtbot.waitUntil(lambda: widget.work is not None and widget.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: WEAK in viewer.layers and widget.training.worker is None, timeout=60_000)
     return viewer, widget
 
 
-def _paint(widget: SlideWidget) -> np.ndarray:
-    regions = coarse_regions(widget.work.downsample, widget.work.shape, tissue_map(widget.work))
-    widget.weak_layer().data = regions
+def _paint(viewer, widget: SlideWidget) -> np.ndarray:
+    work = widget.session.work
+    regions = coarse_regions(work.downsample, work.shape, tissue_map(work))
+    viewer.layers[WEAK].data = regions
     return regions
 
 
@@ -77,7 +80,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     assert len(viewer.layers) == n_layers
 
     # Annotation files that cannot be imported: an error notification, the weak labels untouched.
-    regions = _paint(widget)
+    regions = _paint(viewer, widget)
     bad_files = {
         "not JSON": (tmp_path / "a.geojson", "{not json"),
         "has no features": (tmp_path / "b.geojson", '{"type": "FeatureCollection", "features": []}'),
@@ -88,7 +91,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
         before = len(notification_manager.records)
         widget.import_regions(path)
         assert any(message in m for m in _messages(before)), _messages(before)
-        assert np.array_equal(widget.weak_layer().data, regions)
+        assert np.array_equal(viewer.layers[WEAK].data, regions)
 
     # Self-intersecting / empty / outside polygons: repaired or skipped, each with a warning.
     h0 = viewer.layers[0].metadata["milkd_slide"]["levels"][0]["height"]
@@ -104,19 +107,25 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
 
     # Export into a folder that cannot be written (tests may run as root, where chmod does not block
     # writes: a path below a regular file is unwritable for everyone).
-    widget._show_stage("teacher", np.full(widget.work.shape, 0.9, np.float32))
+    # A teacher map (as a finished job would hand it over) to export.
+    probability = np.full(widget.session.work.shape, 0.9, np.float32)
+    result = TrainResult(stage="teacher", epochs=1, best_epoch=1, best_score=None, checkpoint=None)
+    widget.session.accept(StageOutput("teacher", probability, result, 1, 1))
+    widget.show_stage("teacher")
+    assert "milkd sample slide teacher mask" in viewer.layers and widget.export_button.isEnabled()
     widget.export_stage.setCurrentText("teacher")
     (tmp_path / "a_file").write_text("x")
-    bad_target = str(tmp_path / "a_file" / "teacher.geojson")
-    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", lambda *a, **k: (bad_target, ""))
+    target = [str(tmp_path / "a_file" / "teacher.geojson")]
+    monkeypatch.setattr(slide_widget.QFileDialog, "getSaveFileName", lambda *a, **k: (target[0], ""))
     before = len(notification_manager.records)
-    widget._export_dialog()
+    widget.export_button.click()
     assert any("export failed: could not write" in m and "not a folder" in m for m in _messages(before))
 
     # The disk fills up during an autosave: a notification, and the previous save is intact.
-    widget.hard[5:9, 5:9] = 1
+    widget.session.hard[5:9, 5:9] = 1
     widget.save_session()
-    saved = widget.project.load_array("corrections")[0].copy()
+    project = widget.session.project
+    saved = project.load_array("corrections")[0].copy()
     real_replace = os.replace
 
     def full_disk(src: str, dst: str) -> None:
@@ -125,12 +134,12 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk)
-    widget.hard[:] = NO_OPINION
+    widget.session.hard[:] = NO_OPINION
     before = len(notification_manager.records)
     widget.save_session()
     assert any("the disk is full" in m for m in _messages(before)), _messages(before)
     monkeypatch.setattr(os, "replace", real_replace)
-    assert np.array_equal(widget.project.load_array("corrections")[0], saved)
+    assert np.array_equal(project.load_array("corrections")[0], saved)
 
     # A corrupt checkpoint in the project folder: the job fails with a notification, the widget recovers.
     checkpoint = fresh_project / "checkpoints" / "teacher.pt"
@@ -141,28 +150,33 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     # nothing escapes into the event loop.
     with qtbot.capture_exceptions() as escaped:
         widget.train_teacher_button.click()
-        qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+        qtbot.waitUntil(lambda: widget.training.worker is None, timeout=120_000)
     assert not escaped
     assert any("cannot read checkpoint" in m for m in _messages(before)), _messages(before)
-    assert widget.train_teacher_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert "failed: " in widget.training.status.text()
+    assert widget.train_teacher_button.isEnabled() and not widget.training.cancel_button.isEnabled()
+    assert "milkd sample slide preview" not in viewer.layers
 
     # Still usable: a good export works.
-    good = tmp_path / "ok.geojson"
-    assert widget.export("teacher", "geojson", good).exists()
+    target[0] = str(tmp_path / "ok.geojson")
+    before = len(notification_manager.records)
+    widget.export_button.click()
+    assert (tmp_path / "ok.geojson").exists()
+    assert any("wrote" in m for m in _messages(before)), _messages(before)
 
 
 def test_closing_the_viewer_during_training_stops_it_and_keeps_the_work(
     make_napari_viewer, qtbot, fresh_project: Path
 ) -> None:
     viewer, widget = _open(make_napari_viewer, qtbot)
-    regions = _paint(widget)
-    widget.hard[5:9, 5:9] = 1
-    widget.teacher_epochs.setValue(500)
-    widget.batch_spin.setValue(4)
+    regions = _paint(viewer, widget)
+    widget.session.hard[5:9, 5:9] = 1
+    widget.training.teacher_epochs.value = 500
+    widget.training.batch_size.value = 4
     epochs: list[EpochEnd] = []
     finished: list[bool] = []
     widget.train_teacher_button.click()
-    worker = widget.worker
+    worker = widget.training.worker
     worker.yielded.connect(lambda e: epochs.append(e) if isinstance(e, EpochEnd) else None)
     worker.finished.connect(lambda: finished.append(True))
     qtbot.waitUntil(lambda: len(epochs) >= 1, timeout=120_000)

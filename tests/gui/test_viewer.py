@@ -72,14 +72,16 @@ def test_sample_slide_and_widget_prepare(
     widget.prepare_button.click()
     assert not widget.prepare_button.isEnabled()  # busy while the worker runs
     qtbot.waitUntil(lambda: "tissue tiles of" in widget.result_note.text(), timeout=60_000)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.training.worker is None, timeout=10_000)
+    work = widget.session.work
     tissue = viewer.layers["milkd sample slide tissue"]
     tiles = viewer.layers["milkd sample slide tiles"]
     weak = viewer.layers["milkd sample slide weak labels"]
     for layer in (tissue, tiles, weak):
         assert isinstance(layer, Labels) and not layer.multiscale and layer.editable
-        assert layer.data.shape == widget.work.shape
-        assert tuple(layer.scale) == pytest.approx((0.5 * widget.work.downsample,) * 2)
+        assert layer.data.shape == work.shape
+        assert tuple(layer.scale) == pytest.approx((0.5 * work.downsample,) * 2)
+    assert weak.data is widget.session.weak  # brush strokes land in the session
     # Masks line up with the slide: their world extent equals the slide's.
     slide_extent = slide.extent.world[1] - slide.extent.world[0]
     tissue_extent = tissue.extent.world[1] - tissue.extent.world[0]
@@ -99,8 +101,8 @@ def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot
     assert "unknown" in widget.facts.text()
     assert not widget.mpp_apply.isHidden()
     before = len(notification_manager.records)
-    widget.start_prepare()
-    assert widget.worker is None  # refused, with a notification
+    widget.prepare_button.click()
+    assert widget.training.worker is None and widget.session is None  # refused, with a notification
     assert any("µm/px" in str(n.message) for n in notification_manager.records[before:])
     widget.mpp_spin.setValue(0.25)
     widget.mpp_apply.click()

@@ -6,6 +6,11 @@ process (per-tile progress bar); several run in parallel on Dask distributed: a 
 an existing one with ``--scheduler ADDRESS`` (progress bar per finished slide). Re-running the same command
 resumes interrupted slides and skips finished ones. torch and dask are imported inside :func:`run` only.
 
+A cohort goes on past a bad slide: each failure is one ``milkd: error: <name>: <reason>`` line, a last
+line counts slides written and failed, and the exit code is 2 when any failed. The output folder is
+checked before any work, locked for the run (``.milkd-predict.lock``: pid and host), and only milkd's own
+outputs in it are ever replaced (see ``docs/cohort.md``).
+
 The model runs at the µm/px, tile size and overlap its checkpoint records (its input spec). ``--mpp`` only
 fills in the µm/px of a checkpoint that does not record one; one that contradicts the checkpoint is an
 error, never a silent replacement.
@@ -40,7 +45,10 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument(
-        "--slide-mpp", type=float, default=None, help="level-0 µm/px for slides whose file lacks it"
+        "--slide-mpp",
+        type=float,
+        default=None,
+        help="level-0 µm/px for slides whose file lacks it (never replaces a recorded one; warns)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -96,15 +104,23 @@ def _local_workers(args: argparse.Namespace, n_slides: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict every slide; print one summary line per slide."""
+    """Predict every slide; print one summary line per slide, one error line per slide that failed, and
+    (for several slides) a last line counting both. Exit 0 when every slide was written, else 2."""
     from napari_milkd.commands._progress import ProgressPrinter
-    from napari_milkd.core.inference.cohort import make_jobs, run_on_dask, slide_job
+    from napari_milkd.core.errors import MilkdError
+    from napari_milkd.core.inference.cohort import (
+        SlideFailure,
+        check_outputs,
+        lock_output,
+        plan_cohort,
+        run_local,
+        slide_job,
+    )
     from napari_milkd.core.progress import drain
 
     _check(args)
     options: dict[str, Any] = {
         "mpp": args.mpp,
-        "slide_mpp": args.slide_mpp,
         "batch_size": args.batch_size,
         "device": args.device,
         "threshold": args.threshold,
@@ -113,23 +129,76 @@ def run(args: argparse.Namespace) -> int:
         "read_threads": args.read_threads,
         "resume": not args.no_resume,
     }
-    if args.scheduler is None and len(args.slides) == 1:
-        (job,) = make_jobs(args.slides, args.run, args.out, **options)
-        with ProgressPrinter() as progress:
-            summary = drain(slide_job(job), progress)
+    single = len(args.slides) == 1
+    # Everything that can be checked is checked before --out is created or any slide is predicted.
+    plan = plan_cohort(args.slides, args.run, args.out, slide_mpp=args.slide_mpp, **options)
+    for warning in plan.warnings:
+        print(f"milkd: warning: {warning}", file=sys.stderr, flush=True)
+    if single and plan.failures:
+        raise MilkdError(plan.failures[0].reason)
+    failures: list[SlideFailure] = []
+    written: list[str] = []
+
+    def failed(failure: SlideFailure) -> None:
+        failures.append(failure)
+        if args.json:
+            print(json.dumps(failure.to_dict()), flush=True)
+        print(f"milkd: error: {failure.line()}", file=sys.stderr, flush=True)
+
+    def done(summary: Any) -> None:
+        written.append(summary.name)
         _print_summary(summary, args.json)
-        return 0
+
+    for failure in plan.failures:
+        failed(failure)
+    if plan.jobs:
+        with lock_output(args.out):
+            jobs = []
+            for job in plan.jobs:
+                try:
+                    check_outputs(args.out, job.name, resume=job.resume)
+                except MilkdError as exc:
+                    if single:
+                        raise
+                    failed(SlideFailure(job.name, job.slide, str(exc)))
+                    continue
+                jobs.append(job)
+            if jobs:  # what is about to run, once nothing stands in its way
+                print(f"milkd: {plan.model}", file=sys.stderr, flush=True)
+            if single and args.scheduler is None:
+                with ProgressPrinter() as progress:
+                    summary = drain(slide_job(jobs[0]), progress)
+                done(summary)
+            elif jobs and args.scheduler is None and len(jobs) == 1:
+                with ProgressPrinter() as progress:
+                    run_local(jobs, progress, on_done=done, on_fail=failed)
+            elif jobs:
+                _run_dask(args, jobs, done, failed)
+    if not single:
+        names = ", ".join(f.name for f in failures)
+        print(
+            f"milkd: {len(written)} of {len(args.slides)} slides written, {len(failures)} failed"
+            + (f" ({names}); re-run the same command to retry only those" if failures else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    return 2 if failures else 0
+
+
+def _run_dask(args: argparse.Namespace, jobs: list[Any], done: Any, failed: Any) -> None:
+    from dataclasses import replace
 
     from distributed import Client, LocalCluster
 
+    from napari_milkd.core.inference.cohort import run_on_dask
+
     if args.scheduler is not None:
-        jobs = make_jobs(args.slides, args.run, args.out, **options)
         client = Client(args.scheduler)
         cluster = None
     else:
-        n_workers = _local_workers(args, len(args.slides))
+        n_workers = _local_workers(args, len(jobs))
         threads = max(1, (os.cpu_count() or 2) // n_workers)
-        jobs = make_jobs(args.slides, args.run, args.out, torch_threads=threads, **options)
+        jobs = [replace(job, torch_threads=threads) for job in jobs]
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
@@ -139,15 +208,20 @@ def run(args: argparse.Namespace) -> int:
         bar = _bar(len(jobs), "slides", "slide")
         try:
 
-            def done(summary: Any) -> None:
-                bar.write(json.dumps(summary.to_dict()) if args.json else summary.line(), file=sys.stdout)
+            def one_done(summary: Any) -> None:
+                bar.clear()
+                done(summary)
                 bar.update(1)
 
-            run_on_dask(jobs, client, on_done=done)
+            def one_failed(failure: Any) -> None:
+                bar.clear()
+                failed(failure)
+                bar.update(1)
+
+            run_on_dask(jobs, client, on_done=one_done, on_fail=one_failed)
         finally:
             bar.close()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return 0

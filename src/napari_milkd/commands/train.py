@@ -8,11 +8,21 @@ The schedule is a named preset (``--preset``, default ``standard``) that every e
 through :func:`napari_milkd.core.engine.presets.schedule`. Both checkpoints record the model's input spec;
 ``--image-mpp`` puts the images' µm/px in it (without it the µm/px is unknown, and ``milkd predict`` asks
 for ``--mpp``).
+
+``--resume`` continues the run in ``--out`` only with the arguments it was started with: everything that
+defines the run (the schedule and seed, i.e. every config field but ``--device`` and the epoch counts,
+which may extend or shorten the run; the images, labels,
+columns, ``--positive``, ``--masks``, the labels file's content, the train/validation split, and a given
+``--image-mpp``) is compared with ``config.json`` and the checkpoints before anything is written, and a
+difference is refused with one line. A refused resume changes nothing on disk; an accepted one leaves
+``config.json`` as it was. Both checkpoints carry a model card (:mod:`napari_milkd.core.engine.card`):
+the image folder, label CSV and columns, the classes, the preset; ``milkd info RUN`` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -112,11 +122,91 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+#: Config fields that may differ on ``--resume``: where the run runs, and how long it goes on (a run may
+#: be extended or cut short; epochs already trained are kept as they are).
+_FREE_ON_RESUME = ("device", "teacher_epochs", "student_epochs")
+
+#: ``config.json`` data fields compared on ``--resume`` (when the run recorded them), and what to call them.
+_DATA_FIELDS = (
+    ("images", "--images"),
+    ("labels", "--labels"),
+    ("labels_sha256", "the content of the labels CSV"),
+    ("name_column", "--name-column"),
+    ("label_column", "--label-column"),
+    ("positive", "--positive"),
+    ("patient_column", "--patient-column"),
+    ("masks", "--masks"),
+    ("train", "the training split"),
+    ("val", "the validation split"),
+)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read label CSV {path}: {exc.strerror or exc}") from exc
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} images"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _refuse(out: Path, what: str, then: Any = None, now: Any = None) -> InputError:
+    change = "" if then is None and now is None else f" (the run has {_short(then)}, now {_short(now)})"
+    return InputError(
+        f"cannot resume {out}: {what} differs from the run's{change}; a resumed run keeps its seed, data, "
+        "labels, split and schedule (start a new --out for a different run)"
+    )
+
+
+def _check_resume(out: Path, meta: dict[str, Any], checkpoints: tuple[Path, ...]) -> None:
+    """Refuse (one line, before any write) a ``--resume`` whose arguments differ from the run's."""
+    from napari_milkd.core.engine.checkpoint import checkpoint_config, load_checkpoint
+
+    new_config = meta["config"]
+    recorded = out / "config.json"
+    if recorded.is_file():
+        try:
+            old = json.loads(recorded.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(
+                f"cannot resume {out}: its config.json is unreadable ({type(exc).__name__})"
+            ) from None
+        if not isinstance(old, dict):
+            raise InputError(f"cannot resume {out}: its config.json is not a run record")
+        old_config = old.get("config") if isinstance(old.get("config"), dict) else {}
+        for key, value in new_config.items():
+            if key in old_config and key not in _FREE_ON_RESUME and old_config[key] != value:
+                raise _refuse(out, f"--{key.replace('_', '-')}", old_config[key], value)
+        old_data = old.get("data") if isinstance(old.get("data"), dict) else {}
+        for key, what in _DATA_FIELDS:
+            if key in old_data and old_data[key] != meta["data"][key]:
+                shown = key not in ("labels_sha256",)
+                raise _refuse(out, what, *((old_data[key], meta["data"][key]) if shown else ()))
+        old_mpp = (old.get("spec") or {}).get("mpp") if isinstance(old.get("spec"), dict) else None
+        new_mpp = meta["spec"]["mpp"]
+        if old_mpp is not None and new_mpp is not None and abs(old_mpp - new_mpp) > 1e-9 * old_mpp:
+            raise _refuse(out, "--image-mpp", old_mpp, new_mpp)
+    for ckpt in checkpoints:
+        if not ckpt.exists():
+            continue
+        state = load_checkpoint(ckpt)
+        saved = checkpoint_config(state, ckpt).to_dict()
+        for key, value in new_config.items():
+            if key not in _FREE_ON_RESUME and saved.get(key) != value:
+                raise _refuse(out, f"--{key.replace('_', '-')} ({ckpt.name})", saved.get(key), value)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the bags, split by patient, train, and write the run folder."""
     from napari_milkd.commands._progress import ProgressPrinter
+    from napari_milkd.core.engine.card import folder_provenance
     from napari_milkd.core.engine.config import EpochEnd, RoleReversal
-    from napari_milkd.core.engine.datasets import load_image_folder
+    from napari_milkd.core.engine.datasets import load_image_folder, read_label_table
     from napari_milkd.core.progress import drain
 
     if args.backbone is not None and args.backbone not in BACKBONES:
@@ -152,37 +242,65 @@ def run(args: argparse.Namespace) -> int:
         patient_column=args.patient_column,
     )
     train, val = bags.split(config.val_fraction, config.seed)
+    labels_path = Path(args.labels)
+    positive = args.positive.strip().lower()
+    values = read_label_table(
+        labels_path, args.name_column, args.label_column, args.positive, args.patient_column
+    ).values
+    negative = sorted({v for v in values if v.lower() != positive})[:20]
+    card = folder_provenance(
+        Path(args.images).resolve(),
+        labels_path.resolve(),
+        name_column=args.name_column,
+        label_column=args.label_column,
+        positive=args.positive,
+        negative=negative,
+        patient_column=args.patient_column,
+        preset=args.preset,
+    )
     # torch is imported only now, so bad input is reported without waiting for it.
     from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.engine.train import distill_student, train_teacher
 
-    if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
-        for ckpt in (teacher_ckpt, student_ckpt):
-            saved = checkpoint_spec(load_checkpoint(ckpt)) if ckpt.exists() else None
-            if saved is not None and saved.mpp is not None:
-                spec = ModelSpec.for_config(config, mpp=saved.mpp)
-                break
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(out, exc) from exc
     meta = {
         "preset": args.preset,
         "config": config.to_dict(),
         "spec": spec.to_dict(),
         "data": {
             "images": str(Path(args.images).resolve()),
-            "labels": str(Path(args.labels).resolve()),
+            "labels": str(labels_path.resolve()),
+            "labels_sha256": _sha256(labels_path),
             "name_column": args.name_column,
             "label_column": args.label_column,
             "positive": args.positive,
             "patient_column": args.patient_column,
+            "masks": None if args.masks is None else str(Path(args.masks).resolve()),
             "train": train.names,
             "val": val.names,
             "skipped": bags.skipped,
+            "notes": bags.notes,
         },
     }
-    _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    resuming = args.resume and (
+        teacher_ckpt.exists() or student_ckpt.exists() or (out / "config.json").is_file()
+    )
+    if resuming:  # everything is checked before anything is written
+        _check_resume(out, meta, (teacher_ckpt, student_ckpt))
+    if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
+        for ckpt in (teacher_ckpt, student_ckpt):
+            saved = checkpoint_spec(load_checkpoint(ckpt)) if ckpt.exists() else None
+            if saved is not None and saved.mpp is not None:
+                spec = ModelSpec.for_config(config, mpp=saved.mpp)
+                meta["spec"] = spec.to_dict()
+                break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    if not (out / "config.json").is_file() or not resuming:
+        _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    for note in bags.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(
         f"bags: {len(train)} train ({train.n_pos} positive), {len(val)} validation ({val.n_pos} positive)",
         file=sys.stderr,
@@ -219,12 +337,14 @@ def run(args: argparse.Namespace) -> int:
 
     progress = ProgressPrinter()
     if config.supervision == "full":
-        result = drive(train_teacher(train, val, config, student_ckpt, args.resume, spec=spec))
+        result = drive(train_teacher(train, val, config, student_ckpt, args.resume, spec=spec, card=card))
         print(f"full supervision: best epoch {result.best_epoch}, checkpoint {student_ckpt}", file=sys.stderr)
         return 0
-    teacher = drive(train_teacher(train, val, config, teacher_ckpt, args.resume, spec=spec))
+    teacher = drive(train_teacher(train, val, config, teacher_ckpt, args.resume, spec=spec, card=card))
     print(f"teacher: best epoch {teacher.best_epoch}, checkpoint {teacher_ckpt}", file=sys.stderr)
-    student = drive(distill_student(train, val, config, teacher_ckpt, student_ckpt, args.resume, spec=spec))
+    student = drive(
+        distill_student(train, val, config, teacher_ckpt, student_ckpt, args.resume, spec=spec, card=card)
+    )
     print(
         f"student: best epoch {student.best_epoch}, role reversals after epochs {student.switches}, "
         f"checkpoint {student_ckpt}",

@@ -50,6 +50,10 @@ def write_error(path: object, exc: OSError) -> WriteError:
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno == _errno.ENOSPC:
         reason = "the disk is full"
+    elif exc.errno is not None and exc.errno == getattr(_errno, "EDQUOT", None):
+        reason = "the disk quota is exceeded"
+    elif exc.errno == _errno.EFBIG:
+        reason = "the file is larger than this filesystem or the file-size limit (ulimit -f) allows"
     elif isinstance(exc, FileExistsError | NotADirectoryError):
         reason = "part of the path is a file, not a folder"
     return WriteError(f"could not write {path}: {reason} (the previous version, if any, is kept)", exc.errno)

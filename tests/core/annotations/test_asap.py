@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,21 +19,101 @@ from napari_milkd.core.annotations import (
 from napari_milkd.core.errors import InputError
 
 
+def _asap_converter_mask(path: Path, shape: tuple[int, int], ds: float, order: list[str]) -> np.ndarray:
+    """ASAP's ``AnnotationToMask`` with a conversion order (Camelyon16: ``_0, _1, _2``): groups in
+    ``order``, each polygon overwrites the pixels it holds with its group's label (``_2`` → 0)."""
+    import xml.etree.ElementTree as ET
+
+    from shapely.geometry import Polygon
+
+    root = ET.parse(path).getroot()
+    out = np.zeros(shape, np.uint8)
+    for group in order:
+        for element in root.iter("Annotation"):
+            if element.get("PartOfGroup") != group:
+                continue
+            xy = [(float(c.get("X")), float(c.get("Y"))) for c in element.iter("Coordinate")]
+            out[polygons_to_mask([Polygon(xy)], shape, ds)] = 0 if group == "_2" else 1
+    return out
+
+
 def test_asap_round_trip_with_holes(tmp_path: Path, tricky: np.ndarray) -> None:
     polygons = mask_to_polygons(tricky, 2.0, simplify_px=0)
     path = tmp_path / "tumour.xml"
     count = write_asap_xml(path, polygons)
-    assert count == len(polygons) + sum(len(p.interiors) for p in polygons)
     text = path.read_text()
+    assert count == text.count("<Annotation ")
     assert '<Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="Tumor" Color="#F4FA58">' in text
     assert '<Group Name="Tumor" PartOfGroup="None" Color="#F4FA58">' in text
     assert '<Group Name="_2" PartOfGroup="None"' in text and 'PartOfGroup="_2"' in text
     result = read_asap_xml(path)
     assert result.warnings == ()
-    assert len(result) == len(polygons) and {a.class_name for a in result} == {"Tumor"}
-    for annotation, polygon in zip(result, polygons, strict=True):
-        assert annotation.geometry.equals(polygon)
+    assert {a.class_name for a in result} == {"Tumor"}
+    assert shapely.union_all([a.geometry for a in result]).equals(shapely.union_all(polygons))
     np.testing.assert_array_equal(polygons_to_mask(result.annotations, tricky.shape, 2.0), tricky)
+    # ASAP's own conversion (exclusions painted last) gives the same mask: the polygon whose hole holds
+    # an island was cut through that hole instead of being written with a `_2` hole over the island.
+    asap = _asap_converter_mask(path, tricky.shape, 2.0, ["Tumor", "_2"])
+    np.testing.assert_array_equal(asap, tricky)
+
+
+def test_asap_islands_inside_exclusions_are_erased_as_asap_does(tmp_path: Path) -> None:
+    """A hand-written Camelyon16 file: an `_0` island drawn inside a `_2` hole of a `_1` region.
+
+    ASAP's AnnotationToMask with the Camelyon16 order `_0, _1, _2` paints exclusions last, so the
+    island is erased (the reader used to keep it as tumour)."""
+    square = [(0, 0), (100, 0), (100, 100), (0, 100)]
+    hole = [(20, 20), (80, 20), (80, 80), (20, 80)]
+    island = [(40, 40), (60, 40), (60, 60), (40, 60)]
+    body = _asap("_1", square, name="t") + _asap("_2", hole, name="x") + _asap("_0", island, name="i")
+    path = tmp_path / "camelyon16.xml"
+    path.write_text(_ASAP_DOC.format(body))
+    result = read_asap_xml(path)
+    assert [a.properties["Name"] for a in result] == ["t"]
+    assert result.annotations[0].geometry.area == 100 * 100 - 60 * 60
+    assert "i: entirely covered by exclusions" in " ".join(result.warnings)
+    expected = _asap_converter_mask(path, (100, 100), 1.0, ["_0", "_1", "_2"])
+    np.testing.assert_array_equal(
+        polygons_to_mask(result.annotations, (100, 100), 1.0), expected.astype(bool)
+    )
+
+
+def test_asap_nested_group_chains_resolve(tmp_path: Path) -> None:
+    """``PartOfGroup`` chains: an annotation in a subgroup of ``metastases`` (Camelyon17) is tumour; a
+    subgroup named ``_2`` stays an exclusion; an unknown chain resolves to its top group."""
+    doc = """<?xml version="1.0"?>
+<ASAP_Annotations><Annotations>
+<Annotation Name="a" Type="Polygon" PartOfGroup="lesion 1" Color="#F4FA58"><Coordinates>
+<Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="50" Y="0"/><Coordinate Order="2" X="50" Y="50"/>
+<Coordinate Order="3" X="0" Y="50"/></Coordinates></Annotation>
+<Annotation Name="b" Type="Polygon" PartOfGroup="_2" Color="#64FE2E"><Coordinates>
+<Coordinate Order="0" X="10" Y="10"/><Coordinate Order="1" X="20" Y="10"/>
+<Coordinate Order="2" X="20" Y="20"/><Coordinate Order="3" X="10" Y="20"/></Coordinates></Annotation>
+<Annotation Name="c" Type="Polygon" PartOfGroup="sub" Color="#64FE2E"><Coordinates>
+<Coordinate Order="0" X="100" Y="0"/><Coordinate Order="1" X="150" Y="0"/>
+<Coordinate Order="2" X="150" Y="50"/>
+</Coordinates></Annotation>
+</Annotations><AnnotationGroups>
+<Group Name="metastases" PartOfGroup="None" Color="#FF0000"><Attributes/></Group>
+<Group Name="lesion 1" PartOfGroup="metastases" Color="#FF0000"><Attributes/></Group>
+<Group Name="_2" PartOfGroup="metastases" Color="#00FF00"><Attributes/></Group>
+<Group Name="sub" PartOfGroup="Annotator 7" Color="#00FF00"><Attributes/></Group>
+<Group Name="Annotator 7" PartOfGroup="None" Color="#00FF00"><Attributes/></Group>
+</AnnotationGroups></ASAP_Annotations>"""
+    path = tmp_path / "nested.xml"
+    path.write_text(doc)
+    result = read_asap_xml(path)
+    by_name = {a.properties["Name"]: a for a in result}
+    assert set(by_name) == {"a", "c"}
+    assert by_name["a"].class_name == "metastases" and by_name["a"].properties["groups"] == [
+        "lesion 1",
+        "metastases",
+    ]
+    assert by_name["a"].geometry.area == 50 * 50 - 10 * 10  # the nested `_2` is still a hole
+    assert by_name["c"].class_name == "Annotator 7"
+    # A class map naming the subgroup wins over the top group.
+    mapped = read_asap_xml(path, class_map={"lesion 1": "negative"})
+    assert {a.properties["Name"]: a.class_name for a in mapped}["a"] == "lesion 1"
 
 
 _ASAP_DOC = """<?xml version="1.0"?>

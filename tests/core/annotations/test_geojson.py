@@ -45,8 +45,10 @@ def test_geojson_round_trip_qupath_shape(tmp_path: Path, tricky: np.ndarray) -> 
         props = feature["properties"]
         assert props["objectType"] == "annotation"
         assert props["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
-        assert props["measurements"]["Probability"] == 0.9
-        assert props["measurements"]["Area µm^2"] == pytest.approx(polygon.area * 0.25)
+        # Our measurement names never clash with QuPath's own columns ("Area µm^2", ...).
+        assert props["measurements"]["milkd: Probability"] == 0.9
+        assert props["measurements"]["milkd: Area µm^2"] == pytest.approx(polygon.area * 0.25)
+        assert set(props["measurements"]) == {"milkd: Probability", "milkd: Area µm^2"}
         rings = feature["geometry"]["coordinates"]
         assert feature["geometry"]["type"] == "Polygon" and len(rings) == 1 + len(polygon.interiors)
         assert shapely.LinearRing(rings[0]).is_ccw and all(

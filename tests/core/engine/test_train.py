@@ -170,9 +170,10 @@ def test_selection_uses_only_the_validation_split(square_bags: BagSet, tmp_path:
         "checkpoint",
         "resume",
         "spec",
+        "card",  # provenance text for the model card, never data
     }
     params = set(inspect.signature(distill_student).parameters)
-    assert params == {"train", "val", "config", "teacher", "checkpoint", "resume", "spec"}
+    assert params == {"train", "val", "config", "teacher", "checkpoint", "resume", "spec", "card"}
     train, val = _split(square_bags)
     cfg = TrainConfig.from_dict({**CFG.to_dict(), "teacher_epochs": 1, "student_epochs": 3})
     teacher = tmp_path / "t.pt"

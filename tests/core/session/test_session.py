@@ -3,6 +3,7 @@ and the boundary to `milkd predict` (a model trained in a session is predicted a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -123,6 +124,29 @@ def test_exports_use_one_policy(trained: SlideSession, tmp_path: Path) -> None:
     assert "ASAP_Annotations" in (tmp_path / "t.xml").read_text()
     with pytest.raises(InputError, match="unknown export format"):
         trained.export("teacher", "png", tmp_path / "t.png")
+
+
+def test_geojson_export_is_relative_to_the_slide_bounds(trained: SlideSession, tmp_path: Path) -> None:
+    """QuPath shows a slide with ``openslide.bounds-x/y`` cropped to its bounds: exported coordinates
+    are shifted by the offset, so the export lands where the import of the same file would."""
+    plain = json.loads(trained.export("teacher", "geojson", tmp_path / "a.geojson").read_text())
+    info = trained.info
+    try:
+        trained.info = dataclasses.replace(info, bounds_l0=(100, 40, 1000, 1000))
+        shifted = json.loads(trained.export("teacher", "geojson", tmp_path / "b.geojson").read_text())
+    finally:
+        trained.info = info
+    a = np.asarray(plain["features"][0]["geometry"]["coordinates"][0])
+    b = np.asarray(shifted["features"][0]["geometry"]["coordinates"][0])
+    assert np.allclose(a - b, [100, 40])  # (x, y) minus the bounds offset
+
+
+def test_model_card_says_what_the_session_trained_on(trained: SlideSession) -> None:
+    card = load_checkpoint(trained.checkpoint("student"))["card"]
+    assert card["trained_on"]["slides"] == ["two_tone.tiff"]
+    assert card["trained_on"]["sample_only"] is False
+    line = trained.describe_model("student")
+    assert line is not None and "trained on 1 slide (two_tone.tiff)" in line and "warning" not in line
 
 
 def test_saved_work_is_restored_and_resampled(trained: SlideSession) -> None:

@@ -12,7 +12,7 @@ from napari_milkd.core.errors import InputError
 from napari_milkd.core.inference.stream import blend_window, predict_map
 from napari_milkd.core.progress import drain
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections, slide_bags
-from napari_milkd.core.session.project import Project, default_project_dir
+from napari_milkd.core.session.project import Project, default_project_dir, projects_root
 from napari_milkd.core.session.weak_labels import (
     BAG_IGNORE,
     BAG_NEGATIVE,
@@ -132,7 +132,7 @@ def test_predict_map_constant_model_is_constant() -> None:
 def test_project_folder_roundtrip(tmp_path: Path) -> None:
     slide = tmp_path / "slide.svs"
     slide.write_bytes(b"x")
-    assert default_project_dir(slide) == tmp_path / "slide.svs.milkd"
+    assert default_project_dir(slide).parent == projects_root()  # never beside the slide (issue 17)
     project = Project.for_slide(slide)
     labels = np.zeros((300, 200), np.uint8)
     labels[10:20, 30:40] = 2
@@ -144,6 +144,7 @@ def test_project_folder_roundtrip(tmp_path: Path) -> None:
     project.save_settings({"tile": 128})
     assert project.load_settings() == {"work_mpp": 1.0, "tile": 128, "version": 1}
     assert not list(project.root.rglob("*.part"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.svs"]
     (project.root / "arrays" / "weak_labels.npz").write_bytes(b"garbage")
     with pytest.raises(InputError, match="damaged"):
         project.load_array("weak_labels")

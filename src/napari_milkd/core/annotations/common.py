@@ -50,11 +50,12 @@ def _class_color(name: str | None, colors: Mapping[str, RGB] | None, fallback: R
 
 def _items(
     geometries: Iterable[Geometry | Annotation], default_class: str
-) -> Iterator[tuple[Polygon, str, Annotation | None]]:
-    """Each polygon of the input, with its class name (an :class:`Annotation`'s, else the default)."""
+) -> Iterator[tuple[Polygon, str | None, Annotation | None]]:
+    """Each polygon of the input, with its class name (an :class:`Annotation`'s, ``None`` when it is
+    unclassified; plain geometry gets the default)."""
     for item in geometries:
         if isinstance(item, Annotation):
-            name = item.class_name or default_class
+            name = item.class_name
             for part in polygonal_parts(item.geometry):
                 yield part, name, item
         elif isinstance(item, BaseGeometry):
@@ -93,8 +94,14 @@ def _slide_box(slide_shape_l0: tuple[int, int] | None) -> Polygon | None:
     return box(0, 0, float(width), float(height))
 
 
-def _finish(path: Path, kind: str, found: list[Annotation], warnings: list[str]) -> ImportResult:
+def _finish(
+    path: Path,
+    kind: str,
+    found: list[Annotation],
+    warnings: list[str],
+    skipped: Mapping[str, int] | None = None,
+) -> ImportResult:
     if not found:
         detail = f" ({warnings[0]}{'; ...' if len(warnings) > 1 else ''})" if warnings else ""
         raise InputError(f"{path}: no usable polygons in this {kind} file{detail}")
-    return ImportResult(tuple(found), tuple(warnings))
+    return ImportResult(tuple(found), tuple(warnings), dict(skipped or {}))

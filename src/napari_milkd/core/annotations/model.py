@@ -6,7 +6,7 @@ May import shapely and the standard library; nothing else of the package, so it 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,12 @@ class Annotation:
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What an importer found: the usable annotations and one line per skipped or repaired item."""
+    """What an importer found: the usable annotations, one line per skipped or repaired item, and how
+    many objects were skipped by kind (QuPath ``objectType``: ``{"detection": n, "cell": n, ...}``)."""
 
     annotations: tuple[Annotation, ...]
     warnings: tuple[str, ...] = ()
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.annotations)

@@ -5,6 +5,12 @@ bags build it with :meth:`BagSet.from_arrays`), (b) loading a GlaS-style image f
 (c) the patient-grouped validation split and (d) vectorised flip/rot90 augmentation. May import numpy,
 Pillow and torch (torch only inside :func:`augment`); never napari or Qt.
 
+Label CSVs are read strictly (:func:`read_label_table`): UTF-8 only (a Latin-1 file is refused with the
+line of its first non-UTF-8 byte), a malformed CSV (e.g. a field over 131 072 characters) is refused with
+its line, a row with an empty label cell or no name is skipped and said (never taken for a negative bag),
+exact duplicate rows are merged and said, and duplicates that disagree (label or patient) are refused,
+since they would put one image in training and validation at once.
+
 Shapes: images (N, S, S, 3) uint8 at the training size S; labels (N,) uint8 (1 positive, 0 negative);
 hard labels (N, S, S) uint8 (0, 1, or 255 = no opinion); training-size masks (N, S, S) uint8 {0, 1};
 full-resolution evaluation masks: a list of (H_i, W_i) uint8 {0, 1}.
@@ -13,6 +19,7 @@ full-resolution evaluation masks: a list of (H_i, W_i) uint8 {0, 1}.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +52,8 @@ class BagSet:
     masks: np.ndarray | None = None
     eval_masks: list[np.ndarray] | None = None
     skipped: list[str] = field(default_factory=list)
+    #: One-line remarks for the user about the label CSV (rows skipped and why, duplicates merged).
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -203,6 +212,125 @@ def _find(files: dict[str, Path], name: str, suffixes: Sequence[str] = ("",)) ->
     return None
 
 
+@dataclass
+class LabelTable:
+    """What a label CSV says: the usable rows and what was skipped or merged (with file line numbers).
+
+    ``rows``: ``(name, label, patient)``, one per image name; ``lines``: the file line of each row;
+    ``values``: each row's label cell as written; ``skipped``: ``(line, name, reason)``; ``merged``:
+    ``(line, name)`` of exact duplicate rows folded into an earlier one.
+    """
+
+    path: Path
+    rows: list[tuple[str, int, str | None]]
+    lines: list[int]
+    values: list[str]
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+    merged: list[tuple[int, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per kind of skipped or merged row, naming the file and the first lines."""
+        out = []
+        reasons: dict[str, list[tuple[int, str]]] = {}
+        for line, name, reason in self.skipped:
+            reasons.setdefault(reason, []).append((line, name))
+        for reason, items in reasons.items():
+            out.append(f"{self.path.name}: {_count(items, 'row')} {reason} skipped ({_first(items)})")
+        if self.merged:
+            merged = _count(self.merged, "exact duplicate row")
+            out.append(f"{self.path.name}: {merged} merged ({_first(self.merged)})")
+        return out
+
+
+def _count(items: Sequence[object], what: str) -> str:
+    return f"{len(items)} {what}{'' if len(items) == 1 else 's'}"
+
+
+def _first(items: Sequence[tuple[int, str]], n: int = 3) -> str:
+    shown = ", ".join(f"line {line}: {name[:60] or '(no name)'}" for line, name in items[:n])
+    return shown + (f", and {len(items) - n} more" if len(items) > n else "")
+
+
+def _decode_csv(path: Path) -> str:
+    """The CSV's text; a file that is not UTF-8 is refused with the line of its first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read label CSV {path}: {exc.strerror or exc}") from exc
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path.name} is UTF-16 text; save it as UTF-8 (CSV UTF-8 in Excel)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path.name}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}; the file is probably "
+            "Latin-1 or Windows-1252): save it as UTF-8 (CSV UTF-8 in Excel)"
+        ) from None
+
+
+def read_label_table(
+    labels_csv: str | Path,
+    name_column: str,
+    label_column: str,
+    positive: str,
+    patient_column: str | None = None,
+) -> LabelTable:
+    """Read a label CSV strictly: see the module docstring; label 1 where the cell is ``positive`` (any case).
+
+    Raises :class:`InputError` (one line naming the file and line) for a missing file, a file that is not
+    UTF-8, a malformed CSV, a missing column, conflicting duplicate rows, or no usable row.
+    """
+    path = Path(labels_csv)
+    if not path.is_file():
+        raise InputError(f"label CSV not found: {path}")
+    reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
+    want = positive.strip().lower()
+    table = LabelTable(path=path, rows=[], lines=[], values=[])
+    seen: dict[str, int] = {}
+    try:
+        columns = reader.fieldnames or []
+        for col in (name_column, label_column, patient_column):
+            if col is not None and col not in columns:
+                raise InputError(f"{path.name} has no column {col!r} (columns: {', '.join(columns)})")
+        for row in reader:
+            line = reader.line_num
+            name = (row[name_column] or "").strip()
+            value = (row[label_column] or "").strip()
+            if not name:
+                table.skipped.append((line, "", "without an image name"))
+                continue
+            if not value:
+                table.skipped.append((line, name, "with an empty label cell"))
+                continue
+            label = int(value.lower() == want)
+            patient = (row[patient_column] or "").strip() if patient_column else None
+            if name in seen:
+                i = seen[name]
+                _, label0, patient0 = table.rows[i]
+                if (label0, patient0) != (label, patient):
+                    what = "labels" if label0 != label else "patients"
+                    was = table.values[i] if label0 != label else patient0
+                    now = value if label0 != label else patient
+                    raise InputError(
+                        f"{path.name}: {name[:60]} is listed twice with different {what} (line "
+                        f"{table.lines[i]}: {was!r:.40}, line {line}: {now!r:.40}); keep one row per image"
+                    )
+                table.merged.append((line, name))
+                continue
+            seen[name] = len(table.rows)
+            table.rows.append((name, label, patient))
+            table.lines.append(line)
+            table.values.append(value)
+    except csv.Error as exc:
+        # the reader counts a line once it is parsed: the bad one is the next
+        raise InputError(f"{path.name}, line {reader.line_num + 1}: not a well-formed CSV ({exc})") from None
+    if not table.rows:
+        reason = f" ({table.notes()[0]})" if table.skipped else ""
+        raise InputError(f"{path.name} has no usable rows{reason}")
+    return table
+
+
 def read_label_csv(
     labels_csv: str | Path,
     name_column: str,
@@ -210,27 +338,11 @@ def read_label_csv(
     positive: str,
     patient_column: str | None = None,
 ) -> list[tuple[str, int, str | None]]:
-    """Read ``(name, label, patient)`` rows; label 1 where the label cell is ``positive`` (any case)."""
-    path = Path(labels_csv)
-    if not path.is_file():
-        raise InputError(f"label CSV not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for col in (name_column, label_column, patient_column):
-            if col is not None and col not in columns:
-                raise InputError(f"{path.name} has no column {col!r} (columns: {', '.join(columns)})")
-        rows = []
-        for row in reader:
-            name = (row[name_column] or "").strip()
-            if not name:
-                continue
-            label = int((row[label_column] or "").strip().lower() == positive.strip().lower())
-            patient = (row[patient_column] or "").strip() if patient_column else None
-            rows.append((name, label, patient))
-    if not rows:
-        raise InputError(f"{path.name} has no rows")
-    return rows
+    """Read ``(name, label, patient)`` rows; label 1 where the label cell is ``positive`` (any case).
+
+    The rows of :func:`read_label_table` (rows with an empty label cell skipped, exact duplicates merged).
+    """
+    return read_label_table(labels_csv, name_column, label_column, positive, patient_column).rows
 
 
 def load_image_folder(
@@ -249,8 +361,10 @@ def load_image_folder(
 
     CSV names may be given with or without extension. Masks are matched by name (``NAME.*`` or
     ``NAME_anno.*``) and must have the image's size; they are kept at the training size (``masks``) and,
-    with ``keep_eval_masks``, at full resolution (``eval_masks``). CSV rows without an image are listed in
-    ``skipped``. Raises :class:`InputError` for no images, a missing column, a mask size mismatch, or
+    with ``keep_eval_masks``, at full resolution (``eval_masks``). CSV rows without an image or with an
+    empty label cell are listed in ``skipped``; ``notes`` says what was skipped or merged, one line each.
+    Two rows naming the same image (``im3`` and ``im3.png``) are merged when they agree and refused when
+    they do not. Raises :class:`InputError` for no images, a missing column, a mask size mismatch, or
     (with ``require_both_classes``) no positive or no negative bag.
     """
     if size < 16:
@@ -258,14 +372,28 @@ def load_image_folder(
     files = _index_files(Path(images_dir), "images")
     if not files:
         raise InputError(f"no images found in {images_dir}")
-    rows = read_label_csv(labels_csv, name_column, label_column, positive, patient_column)
+    table = read_label_table(labels_csv, name_column, label_column, positive, patient_column)
     mask_files = _index_files(Path(masks_dir), "masks") if masks_dir is not None else None
-    images, labels, names, groups, masks, eval_masks, skipped = [], [], [], [], [], [], []
-    for name, label, patient in rows:
+    images, labels, names, groups, masks, eval_masks = [], [], [], [], [], []
+    skipped = [name for _, name, reason in table.skipped if name]
+    no_image: list[tuple[int, str]] = []
+    by_path: dict[Path, int] = {}
+    for (name, label, patient), line in zip(table.rows, table.lines, strict=True):
         img_path = _find(files, name)
         if img_path is None:
             skipped.append(name)
+            no_image.append((line, name))
             continue
+        if img_path in by_path:
+            i = by_path[img_path]
+            if (labels[i], groups[i]) != (label, patient):
+                raise InputError(
+                    f"{table.path.name}: line {line} ({name[:60]}) and an earlier row name the same image "
+                    f"{img_path.name} with different labels or patients; keep one row per image"
+                )
+            table.merged.append((line, name))
+            continue
+        by_path[img_path] = len(images)
         img = _read_rgb(img_path)
         if mask_files is not None:
             mask_path = _find(mask_files, img_path.stem, ("", "_anno", "_mask"))
@@ -298,6 +426,12 @@ def load_image_folder(
         masks=np.stack(masks) if masks else None,
         eval_masks=eval_masks if keep_eval_masks and mask_files is not None else None,
         skipped=skipped,
+        notes=table.notes()
+        + (
+            [f"{table.path.name}: {_count(no_image, 'row')} without an image skipped ({_first(no_image)})"]
+            if no_image
+            else []
+        ),
     )
 
 

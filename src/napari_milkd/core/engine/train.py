@@ -12,7 +12,10 @@ yield and never resume: nothing is held open across a yield, and ``complete`` is
 checkpoint. Model selection and role reversal see only the validation bags passed in; test data never
 enters these functions. Every checkpoint they write records the model's input spec
 (:class:`~napari_milkd.core.engine.spec.ModelSpec`, key ``"spec"``), so predictors never guess how to feed
-the model.
+the model, and its model card (:mod:`~napari_milkd.core.engine.card`, key ``"card"``): the caller's
+provenance (``card=``) plus the stage, schedule, spec, bag counts, dates, epochs and validation figures.
+:func:`load_model` refuses a checkpoint whose config, spec or weights are malformed or non-finite
+(:func:`~napari_milkd.core.engine.checkpoint.load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_milkd import __version__
 from napari_milkd.core.engine import losses
-from napari_milkd.core.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from napari_milkd.core.engine.card import CARD_VERSION, SCHEDULE_FIELDS, now_iso, plain
+from napari_milkd.core.engine.checkpoint import (
+    checkpoint_config,
+    clone_state,
+    load_checkpoint,
+    save_checkpoint,
+)
 from napari_milkd.core.engine.config import (
     BatchProgress,
     BatchSizeReduced,
@@ -256,7 +266,7 @@ def _resume_state(
     if checkpoint is None or not resume or not checkpoint.exists():
         return None
     state = load_checkpoint(checkpoint)
-    saved = TrainConfig.from_dict(state["config"])
+    saved = checkpoint_config(state, checkpoint)
     if state.get("stage") != stage:
         raise CheckpointError(f"{checkpoint} is a {state.get('stage')} checkpoint, not a {stage} one")
     for key in ("backbone", "size", "supervision", "fusion_weights"):
@@ -306,6 +316,74 @@ def _run_spec(
     return spec
 
 
+#: The provenance keys a caller's ``card`` gives (the trainer writes the rest).
+_PROVENANCE = ("trained_on", "classes", "preset")
+
+
+def _criterion(config: TrainConfig, stage: str, val: BagSet | None) -> str:
+    if val is None or len(val) == 0:
+        return "none: no validation split, the last epoch is kept"
+    if stage == "full" or config.select_on == "masks":
+        return "F1 on the validation masks"
+    if stage == "student":
+        return "minus the distillation loss against the first teacher on the validation bags"
+    return "minus the MIL loss on the validation bags"
+
+
+def _card_base(
+    card: dict[str, Any] | None,
+    *,
+    stage: str,
+    config: TrainConfig,
+    spec: ModelSpec,
+    train: BagSet,
+    val: BagSet | None,
+    state: dict[str, Any] | None,
+    teacher_card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The card fields fixed for a whole run: the caller's provenance and the trainer's own facts.
+
+    Without ``card``, a resumed run keeps its checkpoint's provenance and a student takes its teacher's.
+    """
+    saved = state.get("card") if state is not None else None
+    saved = saved if isinstance(saved, dict) else {}
+    if card is not None:
+        provenance = plain(card)
+        if not isinstance(provenance, dict):
+            raise InputError("a model card must be a mapping of provenance fields")
+    elif saved:
+        provenance = {k: saved[k] for k in _PROVENANCE if k in saved}
+    elif teacher_card:
+        provenance = {k: teacher_card[k] for k in _PROVENANCE if k in teacher_card}
+    else:
+        provenance = {}
+    provenance.setdefault("trained_on", {"kind": "unknown"})
+    n_val = 0 if val is None else len(val)
+    base: dict[str, Any] = {
+        **provenance,
+        "card_version": CARD_VERSION,
+        "stage": stage,
+        "software": f"napari-milkd {__version__}",
+        "schedule": {k: v for k, v in config.to_dict().items() if k in SCHEDULE_FIELDS},
+        "spec": spec.to_dict(),
+        "bags": {
+            "train": len(train),
+            "train_positive": train.n_pos,
+            "validation": n_val,
+            "validation_positive": 0 if val is None else val.n_pos,
+        },
+        "created": saved.get("created") if isinstance(saved.get("created"), str) else now_iso(),
+        "validation": {"criterion": _criterion(config, stage, val)},
+    }
+    if teacher_card:
+        base["teacher"] = {
+            k: teacher_card[k] for k in ("stage", "created", "epochs", "validation") if k in teacher_card
+        }
+    elif isinstance(saved.get("teacher"), dict):
+        base["teacher"] = saved["teacher"]
+    return base
+
+
 def _result(stage: str, state: dict[str, Any], checkpoint: Path | None) -> TrainResult:
     return TrainResult(
         stage=stage,
@@ -339,6 +417,7 @@ def _run_epochs(
     extra_array: np.ndarray | None,
     state: dict[str, Any] | None,
     spec: ModelSpec,
+    card: dict[str, Any],
     on_epoch_end: Callable[[int, dict[str, Any]], RoleReversal | None] | None = None,
     extra_payload: Callable[[], dict[str, Any]] | None = None,
 ) -> Generator[TrainEvent, None, dict[str, Any]]:
@@ -355,8 +434,14 @@ def _run_epochs(
     switches: list[int] = []
     start = 1
     if state is not None:
-        model.load_state_dict(state["last_model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["last_model"])
+            opt.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"cannot resume {checkpoint}: its saved training state does not fit this model "
+                f"({type(exc).__name__})"
+            ) from exc
         history = list(state["history"])
         best_state = clone_state(state["model"])
         best_score, best_epoch = state["best_score"], int(state["best_epoch"])
@@ -443,6 +528,17 @@ def _run_epochs(
             "best_epoch": best_epoch,
             "best_score": best_score,
             "switches": switches,
+            "card": {
+                **card,
+                "updated": now_iso(),
+                "epochs": {"done": epoch, "planned": n_epochs},
+                "validation": {
+                    **card["validation"],
+                    "best_epoch": best_epoch,
+                    "best_score": best_score,
+                    "last_score": score,
+                },
+            },
             **(extra_payload() if extra_payload else {}),
         }
         if checkpoint is not None:
@@ -476,6 +572,7 @@ def train_teacher(
     resume: bool = False,
     *,
     spec: ModelSpec | None = None,
+    card: dict[str, Any] | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train the MIL teacher on bag labels (or, with ``supervision="full"``, the net on pixel masks).
 
@@ -484,7 +581,10 @@ def train_teacher(
     ``resume=True`` continues from it (a complete checkpoint is returned without training). ``spec`` is
     the model's input spec written into every checkpoint (``None``: ``ModelSpec.for_config(config,
     mpp=None)``, µm/px unknown; a resumed run keeps its checkpoint's µm/px). Its ``tile`` and ``backbone``
-    must match ``config``.
+    must match ``config``. ``card`` is the provenance for the model card (plain JSON data: ``trained_on``,
+    ``classes``, ``preset``, see :func:`~napari_milkd.core.engine.card.slide_provenance` and
+    :func:`~napari_milkd.core.engine.card.folder_provenance`); the trainer adds dates, epochs,
+    schedule, spec, bag counts and validation figures. ``None``: a resumed run keeps its card's.
     """
     _check_config(config, train)
     stage = "full" if config.supervision == "full" else "teacher"
@@ -493,6 +593,7 @@ def train_teacher(
     run_spec = _run_spec(spec, config, state)
     if state is not None and state.get("complete"):
         return _result(stage, state, ckpt)
+    run_card = _card_base(card, stage=stage, config=config, spec=run_spec, train=train, val=val, state=state)
     rt = _Runtime(config)
     model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
     try:
@@ -527,6 +628,7 @@ def train_teacher(
             extra_array=extra,
             state=state,
             spec=run_spec,
+            card=run_card,
         )
         return _result(stage, payload, ckpt)
     finally:
@@ -535,12 +637,13 @@ def train_teacher(
 
 def _teacher_weights(
     teacher: str | Path | dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], ModelSpec | None]:
-    """The teacher's weights and, for a teacher checkpoint, the spec it records."""
+) -> tuple[dict[str, torch.Tensor], ModelSpec | None, dict[str, Any] | None]:
+    """The teacher's weights and, for a teacher checkpoint, the spec and the model card it records."""
     if isinstance(teacher, dict):
-        return clone_state(teacher), None
+        return clone_state(teacher), None, None
     state = load_checkpoint(teacher)
-    return clone_state(state["model"]), checkpoint_spec(state)
+    card = state.get("card")
+    return clone_state(state["model"]), checkpoint_spec(state), card if isinstance(card, dict) else None
 
 
 def distill_student(
@@ -552,6 +655,7 @@ def distill_student(
     resume: bool = False,
     *,
     spec: ModelSpec | None = None,
+    card: dict[str, Any] | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Distil a student from a frozen teacher (IFKD) with role reversal; generator like :func:`train_teacher`.
 
@@ -563,7 +667,8 @@ def distill_student(
     ``spec`` is the student's input spec, written into every checkpoint. ``None``: a teacher checkpoint's
     spec, else ``ModelSpec.for_config(config, mpp=None)``. A spec without µm/px takes the teacher
     checkpoint's; a different µm/px than the teacher's raises :class:`InputError` (both learn from the same
-    tiles).
+    tiles). ``card``: provenance for the model card as in :func:`train_teacher`; ``None`` takes a teacher
+    checkpoint's (or, resumed, the student checkpoint's). The card also records the teacher's.
     """
     _check_config(config, train)
     if config.supervision != "weak":
@@ -574,13 +679,28 @@ def distill_student(
     if state is not None and state.get("complete"):
         _run_spec(spec, config, state)  # a conflicting µm/px is refused even when nothing is left to do
         return _result(stage, state, ckpt)
-    teacher_state, teacher_spec = (
-        _teacher_weights(teacher) if state is None else (state["teacher_model"], None)
+    if state is not None and "teacher_model" not in state:
+        raise CheckpointError(f"{ckpt} is a student checkpoint without its teacher's weights")
+    teacher_state, teacher_spec, teacher_card = (
+        _teacher_weights(teacher) if state is None else (state["teacher_model"], None, None)
     )
     run_spec = _run_spec(spec, config, state, teacher_spec, str(teacher))
+    run_card = _card_base(
+        card,
+        stage=stage,
+        config=config,
+        spec=run_spec,
+        train=train,
+        val=val,
+        state=state,
+        teacher_card=teacher_card,
+    )
     rt = _Runtime(config)
     teacher_net = new_model(config, 0)
-    teacher_net.load_state_dict(teacher_state)
+    try:
+        teacher_net.load_state_dict(teacher_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the teacher {teacher} does not match a {config.backbone} model") from exc
     rt.prepare(teacher_net).eval()
     teacher_net.requires_grad_(False)
     model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
@@ -627,6 +747,7 @@ def distill_student(
             extra_array=train.hard_labels,
             state=state,
             spec=run_spec,
+            card=run_card,
             on_epoch_end=on_epoch_end,
             extra_payload=extra_payload,
         )
@@ -639,10 +760,11 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet,
     """The selected model of a checkpoint (eval mode, on ``device``) and its config.
 
     Raises :class:`CheckpointError` when the checkpoint's spec records a channel normalisation other than
-    the one this version's model applies (it would be fed wrongly).
+    the one this version's model applies (it would be fed wrongly), and when its config, spec or weights
+    are malformed or hold NaN/Inf (:func:`~napari_milkd.core.engine.checkpoint.load_checkpoint`).
     """
     state = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
+    config = checkpoint_config(state, checkpoint)
     model = build_model(config.backbone, "random", config.fusion_weights)
     try:
         model.load_state_dict(state["model"])

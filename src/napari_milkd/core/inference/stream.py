@@ -30,8 +30,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,7 +84,8 @@ class SlidePrediction:
     ``path`` is the prediction zarr; ``shape``/``downsample`` the map geometry; ``mpp`` the working µm/px
     (map pixel size); ``n_tiles`` the tiles of the grid, ``n_computed`` those run through the model in this
     call (0 when the zarr was already complete); ``tumour_px`` map pixels ≥ threshold; ``seconds`` the wall
-    time of this call; ``timings`` seconds spent waiting for tiles (``read_wait_s``), in the model and
+    time of this call; ``complete_before`` True when ``path`` already held this complete prediction and
+    nothing was written; ``timings`` seconds spent waiting for tiles (``read_wait_s``), in the model and
     blending (``compute_s``) and waiting for the writer (``write_wait_s``).
     """
 
@@ -95,6 +98,7 @@ class SlidePrediction:
     tumour_px: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    complete_before: bool = False
 
     @property
     def tumour_area_mm2(self) -> float:
@@ -508,7 +512,7 @@ def _create_prediction_zarr(
 
     from napari_milkd.core.annotations import DEFAULT_LABEL_COLORS, ome_multiscales
 
-    if path.exists():
+    if path.exists():  # only ever a prediction of ours (check_prediction_target) or our own aside folder
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs["ome"] = {"version": "0.5", "multiscales": ome_multiscales("probability", mpp_l0, downsample)}
@@ -552,6 +556,119 @@ def open_prediction(
         raise InputError(f"{folder} is not a napari-milkd prediction ({exc.__class__.__name__})") from None
 
 
+def prediction_facts(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``milkd`` attributes of a prediction zarr (its marker), or ``None`` when ``path`` is not one.
+
+    Reads only the root's ``zarr.json`` (no zarr import): this is how milkd tells its own output from a
+    user's folder of the same name before it replaces anything.
+    """
+    folder = Path(path)
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    try:
+        meta = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))
+        facts = meta["attributes"]["milkd"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return facts if isinstance(facts, dict) and facts.get("format") == PREDICTION_FORMAT else None
+
+
+def check_prediction_target(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` (one line) unless ``path`` is absent or a prediction milkd wrote.
+
+    A symbolic link, a file, or a folder without milkd's marker (a user's OME-Zarr, bioformats2raw's
+    output of the same name) is never replaced or deleted.
+    """
+    target = Path(path)
+    if target.is_symlink():
+        raise InputError(
+            f"{target} is a symbolic link; milkd does not write predictions through links "
+            "(remove the link or choose another --out)"
+        )
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise InputError(f"{target} exists and is a file; move it away or choose another --out")
+    if prediction_facts(target) is None:
+        raise InputError(
+            f"{target} exists and is not a napari-milkd prediction (milkd replaces only its own output); "
+            "move it away or choose another --out"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _aside_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def stale_asides(path: str | os.PathLike[str]) -> list[Path]:
+    """Folders that killed runs left beside ``path``, after putting back a prediction a killed swap had
+    moved aside; returns the stale ``.<name>.tmp-*`` folders (unfinished writes), newest first.
+
+    Matches only milkd's own hidden names: ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>`` written
+    here, and ``.<name>.tmp-<hex>`` of OME-Zarr exports; a folder whose pid is a live process other than
+    this one is left alone. Stale ``.old-*`` folders are deleted (or restored when ``path`` is missing).
+    """
+    target = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}$")
+    found: list[tuple[str, Path]] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = match.group(2)
+        if pid is not None and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # another live process is writing it
+        found.append((match.group(1), entry))
+    for kind, entry in found:
+        if kind != "old":
+            continue
+        if not target.exists() and not target.is_symlink() and prediction_facts(entry) is not None:
+            os.replace(entry, target)  # a swap was killed between its two renames: the previous one is back
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+    tmps = [entry for kind, entry in found if kind == "tmp" and entry.exists()]
+    return sorted(tmps, key=lambda e: e.stat().st_mtime, reverse=True)
+
+
+def _swap_into_place(work: Path, path: Path) -> None:
+    """Rename the finished ``work`` folder onto ``path``; a previous prediction there is moved aside
+    first and deleted only after the rename (a kill in between leaves it to :func:`stale_asides`)."""
+    old = None
+    if path.exists():
+        old = _aside_name(path, "old")
+        os.replace(path, old)
+    try:
+        os.replace(work, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+#: ``finish(folder, probability, mask)``: called once all bands are written, before the prediction is
+#: marked complete; may rewrite the mask and write files into ``folder``; returns facts merged into the
+#: ``milkd`` attributes (``tumour_px`` among them replaces the streamed count).
+Finish = Callable[[Path, "zarr.Array", "zarr.Array"], dict[str, Any]]
+
+
 def predict_slide(
     model: Any,
     source: SlideSource,
@@ -568,21 +685,30 @@ def predict_slide(
     prefetch: int = 2,
     resume: bool = True,
     stage: str = "predict",
+    finish: Finish | None = None,
 ) -> Generator[PredictProgress, None, SlidePrediction]:
     """Predict ``model`` over ``grid`` and stream probability and mask into the OME-Zarr ``out``.
 
     Layout (NGFF 0.5, zarr v3; see ``docs/cohort.md``): the root is an image whose array ``0`` is the
     blended probability as **uint8** ``round(255·p)`` (0 where no tile); ``labels/tumour/0`` the mask
-    (uint8, 1 where ``p ≥ threshold`` on the float probability, else 0); both ``chunk``² chunks, with NGFF
-    ``scale``/``translation`` from :func:`~napari_milkd.core.annotations.ome_zarr_transform`, so
+    (uint8, 1 where ``p ≥ threshold`` on the float probability, else 0, unless ``finish`` rewrites it);
+    both ``chunk``² chunks, with NGFF ``scale``/``translation`` from
+    :func:`~napari_milkd.core.annotations.ome_zarr_transform`, so
     :func:`~napari_milkd.core.annotations.read_ome_zarr_labels` reads the mask back.
 
     A generator: yields :class:`PredictProgress` after each batch, returns :class:`SlidePrediction`.
     With ``resume`` an interrupted zarr made by the same model over the same grid continues: bands in
     its record (``milkd-progress.json``, written after each band's data) are kept and only tiles reaching
-    below them are run; a complete one is returned without running the model. Otherwise ``out`` is
-    replaced. ``workers`` threads read tiles, ``prefetch`` batches ahead; ``compile`` uses
-    ``torch.compile`` (pads the last batch to keep one shape).
+    below them are run; a complete one is returned without running the model. ``finish`` runs after the
+    last band and before the prediction is marked complete (completion is always the last write).
+
+    ``out`` is never a user's file: a link, a file or a folder without milkd's marker is refused
+    (:func:`check_prediction_target`). An existing prediction that is not resumed (``resume=False``, another
+    model, other settings) is kept until the new one is complete: the new one is written beside it under a
+    hidden name and renamed over it at the end. Folders that killed runs left beside ``out`` are cleaned
+    (:func:`stale_asides`); with ``resume`` an unfinished one of the same run is continued.
+    ``workers`` threads read tiles, ``prefetch`` batches ahead; ``compile`` uses ``torch.compile`` (pads
+    the last batch to keep one shape).
     """
     import torch
 
@@ -596,26 +722,49 @@ def predict_slide(
     n_bands = -(-shape[0] // chunk)
     if not isinstance(model, torch.nn.Module):
         raise InputError("predict_slide needs a torch.nn.Module (its weights identify resumable output)")
+    check_prediction_target(path)
     fingerprint = _run_fingerprint(model_fingerprint(model), source, grid, shape, chunk, threshold)
-    record = read_progress(path) if resume else None
-    if record is not None and record.get("fingerprint") != fingerprint:
-        record = None
-    if record is not None and path.is_dir():
-        prob_arr, mask_arr, _ = open_prediction(path, mode="r+")
+    leftovers = stale_asides(path)
+    check_prediction_target(path)  # a restored previous prediction is one of ours
+
+    def matches(folder: Path) -> dict[str, Any] | None:
+        record = read_progress(folder) if resume and prediction_facts(folder) is not None else None
+        return record if record is not None and record.get("fingerprint") == fingerprint else None
+
+    work = path
+    record = matches(path) if path.exists() else None
+    if record is not None and record.get("complete"):
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+        return SlidePrediction(
+            path=str(path),
+            shape=shape,
+            downsample=ds,
+            mpp=grid.mpp,
+            n_tiles=len(grid),
+            n_computed=0,
+            tumour_px=int(record.get("tumour_px", 0)),
+            seconds=time.perf_counter() - t_start,
+            timings={"read_wait_s": 0.0, "compute_s": 0.0, "write_wait_s": 0.0},
+            complete_before=True,
+        )
+    if record is None:
+        adopted = next((folder for folder in leftovers if matches(folder) is not None), None)
+        for folder in leftovers:
+            if folder != adopted:
+                shutil.rmtree(folder, ignore_errors=True)
+        if path.exists():  # a prediction that is not resumed: keep it until the new one is complete
+            work = _aside_name(path, "tmp")
+        if adopted is not None:  # an unfinished write of this same run, left by a killed process
+            os.replace(adopted, work)
+            record = matches(work)
+    else:
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+    if record is not None:
+        prob_arr, mask_arr, _ = open_prediction(work, mode="r+")
         bands_done = int(record.get("bands_done", 0))
         tumour_px = int(record.get("tumour_px", 0))
-        if record.get("complete"):
-            return SlidePrediction(
-                path=str(path),
-                shape=shape,
-                downsample=ds,
-                mpp=grid.mpp,
-                n_tiles=len(grid),
-                n_computed=0,
-                tumour_px=tumour_px,
-                seconds=time.perf_counter() - t_start,
-                timings={"read_wait_s": 0.0, "compute_s": 0.0, "write_wait_s": 0.0},
-            )
     else:
         facts = {
             "format": PREDICTION_FORMAT,
@@ -629,12 +778,13 @@ def predict_slide(
             "n_tiles": len(grid),
             "probability": "uint8 round(255*p); 0 where no tile",
             "mask": f"labels/{MASK_LABEL}/0: 1 where p >= threshold",
+            "complete": False,
         }
         prob_arr, mask_arr = _create_prediction_zarr(
-            path, shape, chunk, mpp_l0=source.info.mpp, downsample=ds, facts=facts
+            work, shape, chunk, mpp_l0=source.info.mpp, downsample=ds, facts=facts
         )
         bands_done, tumour_px = 0, 0
-        write_json_atomic(path / PROGRESS_FILE, _record(fingerprint, 0, n_bands, 0, False))
+        write_json_atomic(work / PROGRESS_FILE, _record(fingerprint, 0, n_bands, 0, False))
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milkd-write")
     pending: deque[Future[None]] = deque()
@@ -651,7 +801,7 @@ def predict_slide(
         elif band.index + 1 < n_bands:
             return  # nothing written: the record catches up at the next written band or at the end
         write_json_atomic(
-            path / PROGRESS_FILE, _record(fingerprint, band.index + 1, n_bands, counter["tumour_px"], False)
+            work / PROGRESS_FILE, _record(fingerprint, band.index + 1, n_bands, counter["tumour_px"], False)
         )
 
     stats = _StreamStats()
@@ -688,15 +838,15 @@ def predict_slide(
         writer.shutdown(wait=True)
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+")
-    root.attrs["milkd"] = {
-        **root.attrs.asdict()["milkd"],
-        "complete": True,
-        "tumour_px": counter["tumour_px"],
-    }
-    write_json_atomic(
-        path / PROGRESS_FILE, _record(fingerprint, n_bands, n_bands, counter["tumour_px"], True)
-    )
+    extra = dict(finish(work, prob_arr, mask_arr)) if finish is not None else {}
+    tumour_px = int(extra.get("tumour_px", counter["tumour_px"]))
+    # Completion is the last write: the attributes, then the resume record, then (when written aside) the
+    # rename over the previous prediction.
+    root = zarr.open_group(str(work), mode="r+")
+    root.attrs["milkd"] = {**root.attrs.asdict()["milkd"], **extra, "complete": True, "tumour_px": tumour_px}
+    write_json_atomic(work / PROGRESS_FILE, _record(fingerprint, n_bands, n_bands, tumour_px, True))
+    if work != path:
+        _swap_into_place(work, path)
     return SlidePrediction(
         path=str(path),
         shape=shape,
@@ -704,7 +854,7 @@ def predict_slide(
         mpp=grid.mpp,
         n_tiles=len(grid),
         n_computed=stats.n_computed,
-        tumour_px=counter["tumour_px"],
+        tumour_px=tumour_px,
         seconds=time.perf_counter() - t_start,
         timings={
             "read_wait_s": round(stats.read_wait_s, 4),

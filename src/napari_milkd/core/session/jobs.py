@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,7 @@ def slide_stage_job(
     hard_labels: np.ndarray | None = None,
     teacher_checkpoint: str | Path | None = None,
     resume: bool = True,
+    card: dict[str, Any] | None = None,
 ) -> Generator[JobEvent, None, StageOutput]:
     """Train ``stage`` (``"teacher"`` or ``"student"``) on a slide's weak labels, then predict its map.
 
@@ -84,7 +86,8 @@ def slide_stage_job(
     corrections map (0/1, 255 none), both at the working resolution of ``work``. The checkpoint goes to
     ``checkpoint_dir/<stage>.pt``; an unfinished one is resumed when ``resume``, a finished one is
     replaced by a new run. A student needs ``teacher_checkpoint``. Every checkpoint records the model's
-    input spec (working µm/px, tile size), so any predictor feeds it as it was trained.
+    input spec (working µm/px, tile size), so any predictor feeds it as it was trained, and the model
+    card's provenance ``card`` (see :func:`~napari_milkd.core.engine.card.slide_provenance`).
     """
     from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
 
@@ -101,7 +104,9 @@ def slide_stage_job(
             val = None  # too few bags to hold out both kinds: select on the last epoch
         continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
         if stage == "teacher":
-            gen = train_teacher(train, val, config, checkpoint=checkpoint, resume=continuing, spec=spec)
+            gen = train_teacher(
+                train, val, config, checkpoint=checkpoint, resume=continuing, spec=spec, card=card
+            )
         else:
             if teacher_checkpoint is None:
                 raise ValueError("a student needs a teacher checkpoint")
@@ -113,6 +118,7 @@ def slide_stage_job(
                 checkpoint=checkpoint,
                 resume=continuing,
                 spec=spec,
+                card=card,
             )
         result = yield from gen
         model, _ = load_model(checkpoint, device=config.device)

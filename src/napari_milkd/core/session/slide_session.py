@@ -11,6 +11,11 @@ copies and may run in a worker thread, and an *adopt* method (:meth:`SlideSessio
 :meth:`SlideSession.accept`) takes its result back. Headless callers use the one-call forms
 (:meth:`SlideSession.prepare`, :meth:`SlideSession.train`).
 
+The project. :meth:`SlideSession.adopt` takes the project's lock (:meth:`Project.lock`: a session of
+another process on the same project is refused with a one-line error naming it) and :meth:`close` (or
+leaving a ``with`` block) gives it back. A damaged saved file does not stop Prepare: it is kept aside
+and that item starts empty, and the list adopt returns says so.
+
 All maps are ``(row, col)`` arrays at the working resolution (:mod:`napari_milkd.core.slides.geometry`):
 weak labels 0 none / 1 contains tumour / 2 tumour-free; corrections 0 / 1, ``NO_OPINION`` untouched;
 probabilities float32 in [0, 1]; masks uint8 0/1. May import every core package; never napari or Qt.
@@ -27,15 +32,17 @@ from typing import Any
 import numpy as np
 
 from napari_milkd.core.atomic import atomic_path
+from napari_milkd.core.engine.card import slide_provenance
 from napari_milkd.core.engine.config import TrainConfig
-from napari_milkd.core.errors import InputError, MilkdError, SlideError
+from napari_milkd.core.errors import InputError, MilkdError, SlideError, WriteError
 from napari_milkd.core.inference.masks import mask_from_probability, mask_polygons
 from napari_milkd.core.progress import drain
 from napari_milkd.core.session.jobs import JobEvent, StageOutput, slide_stage_job
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
-from napari_milkd.core.session.project import Project
+from napari_milkd.core.session.project import DamagedProjectFile, Project, ProjectLock
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
 from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tissue_map
+from napari_milkd.core.slides.sample import is_sample_slide
 from napari_milkd.core.slides.slide import open_slide
 from napari_milkd.core.slides.types import SlideInfo
 
@@ -49,10 +56,14 @@ EXPORT_FORMATS = ("geojson", "asap", "ome-zarr")
 
 @dataclass(frozen=True)
 class ImportSummary:
-    """What an annotation import added to the weak labels."""
+    """What an annotation import did: regions read, one line per warning (the message naming unknown
+    classes and skipped objects first), every class with its label and count (``classes``: rows with
+    ``name``, ``label``, ``count``), and objects skipped by type (``{"detection": n, ...}``)."""
 
     n_regions: int
     warnings: tuple[str, ...]
+    classes: tuple[Any, ...] = ()
+    skipped: dict[str, int] | None = None
 
 
 class SlideSession:
@@ -90,12 +101,54 @@ class SlideSession:
         self.masks: dict[str, np.ndarray] = {}
         self.reviewed: set[int] = set()
         self.round = 0
+        self._lock: ProjectLock | None = None
+        self._closed = False
+        self._damage_notes: list[str] = []
+
+    # --- lifetime ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give the project's lock back (nothing is saved: call :meth:`save` first). Safe to call more
+        than once; a closed session refuses to save."""
+        self._closed = True
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> SlideSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take_lock(self) -> None:
+        if self._closed:
+            raise InputError("this session was closed; open the slide again")
+        if self._lock is not None and self._lock.held:
+            return
+        self._lock = self.project.lock(holder=self)
+
+    def _require_lock(self) -> None:
+        """Refuse to write (a :class:`WriteError`, so front ends that handle failed saves show it) when
+        this session was closed or a later session took the project."""
+        if self._closed:
+            raise WriteError(f"this session on {Path(self.slide_path).name} was closed: nothing was saved")
+        if self._lock is not None and not self._lock.held:
+            raise WriteError(
+                f"project {self.project.root} was opened by another session: this one no longer saves "
+                "(prepare the slide again to take it back)"
+            )
 
     # --- prepare -------------------------------------------------------------------------------------
 
     def saved_settings(self) -> dict[str, Any]:
-        """What the project folder recorded last time (``work_mpp``, ``tile``, ``round``, ...), or ``{}``."""
-        return self.project.load_settings()
+        """What the project folder recorded last time (``work_mpp``, ``tile``, ``round``, ...), or ``{}``
+        (also when ``project.json`` is damaged: it is kept aside, and the next :meth:`adopt` says so)."""
+        try:
+            return self.project.load_settings()
+        except DamagedProjectFile as exc:
+            self._damage_notes.append(exc.describe("starting with default settings"))
+            return {}
 
     def plan(self, work_mpp: float, tile: int) -> SlideWork:
         """Tissue, tile grid and working-map geometry at ``work_mpp`` µm/px with ``tile``-px tiles.
@@ -118,7 +171,11 @@ class SlideSession:
 
     def adopt(self, work: SlideWork) -> list[str]:
         """Make ``work`` the session's geometry and restore what the project saved; return what was
-        restored, in words. Saved maps of another geometry are resampled onto this one, never dropped."""
+        restored, in words. Saved maps of another geometry are resampled onto this one, never dropped;
+        a damaged saved file is kept aside (``<name>.corrupt-<time>``), that item starts empty, and the
+        list says so. Takes the project's lock first: another process's session on the same project is
+        a one-line :class:`InputError` naming it, and nothing changes."""
+        self._take_lock()
         self.work = work
         self.tissue = tissue_map(work)
         self.probabilities, self.masks, self.reviewed = {}, {}, set()
@@ -134,6 +191,8 @@ class SlideSession:
             if prob is not None:
                 self._set_probability(stage, prob.astype(np.float32))
         settings = self.saved_settings()
+        restored.extend(self._damage_notes)
+        self._damage_notes = []
         self.round = int(settings.get("round", 0)) if isinstance(settings.get("round", 0), int) else 0
         self._save_settings()
         return restored
@@ -145,10 +204,20 @@ class SlideSession:
     def _restored(self, name: str, *, order: int, said: str, restored: list[str]) -> np.ndarray | None:
         """A saved map at the working geometry (resampled when it was saved at another), or None."""
         assert self.work is not None
-        saved = self.project.load_array(name)
+        empty = "starting without it" if order else "starting empty"
+        try:
+            saved = self.project.load_array(name)
+        except DamagedProjectFile as exc:
+            restored.append(exc.describe(empty))
+            return None
         if saved is None:
             return None
         data, meta = saved
+        if data.ndim != 2:
+            path = self.project.root / "arrays" / f"{name}.npz"
+            aside = self.project.set_aside(path)
+            restored.append(DamagedProjectFile("", path=path, aside=aside).describe(empty))
+            return None
         if data.shape == self.work.shape:
             restored.append(said)
             return data
@@ -167,6 +236,7 @@ class SlideSession:
 
     def _save_settings(self) -> None:
         work = self._require_work()
+        self._require_lock()
         self.project.save_settings(
             {
                 "slide": self.info.path,
@@ -194,19 +264,36 @@ class SlideSession:
         assert self.weak is not None and self.tissue is not None
         self.weak[self.tissue & (self.weak != REGION_TUMOUR)] = REGION_FREE
 
-    def import_annotations(self, path: str | Path) -> ImportSummary:
-        """Add regions from a QuPath GeoJSON or ASAP XML file (Tumor → contains tumour, others → free)."""
-        from napari_milkd.core.annotations import labels_from_annotations, read_asap_xml, read_geojson
+    def import_annotations(
+        self, path: str | Path, class_map: str | Path | dict[str, str] | None = None
+    ) -> ImportSummary:
+        """Add regions from a QuPath GeoJSON or ASAP XML file, by what each class means
+        (``core.annotations.classes``): ``positive`` → contains tumour, ``negative`` → tumour-free,
+        ``ignored`` (``Ignore*``, and every unknown or missing class) → not painted, ``exclusion``
+        (ASAP ``_2``) → erases the weak labels under it. ``class_map`` (a JSON/CSV file or a mapping
+        class → label) overrides the defaults. Only QuPath *annotations* are regions; detections and
+        cells are skipped and counted. QuPath coordinates are shifted by the slide's bounds offset."""
+        from napari_milkd.core.annotations import NEGATIVE, POSITIVE, regions_from_annotations
+        from napari_milkd.core.annotations.io import annotation_report, class_map_from, read_annotations
 
         work = self._require_work()
         assert self.weak is not None
-        reader = read_asap_xml if str(path).lower().endswith(".xml") else read_geojson
-        result = reader(path, slide_shape_l0=self.info.shape)
-        imported = labels_from_annotations(
-            result.annotations, work.shape, work.downsample, unknown_label=REGION_FREE
+        mapping = class_map_from(class_map)
+        result = read_annotations(
+            path, slide_shape_l0=self.info.shape, offset_l0=self.info.offset_l0, class_map=mapping
         )
-        self.weak[imported > 0] = imported[imported > 0]
-        return ImportSummary(len(result.annotations), tuple(result.warnings))
+        report = annotation_report(result, mapping)
+        labels, excluded = regions_from_annotations(
+            result.annotations,
+            work.shape,
+            work.downsample,
+            mapping,
+            values={POSITIVE: REGION_TUMOUR, NEGATIVE: REGION_FREE},
+        )
+        self.weak[labels > 0] = labels[labels > 0]
+        self.weak[excluded] = 0
+        warnings = ((report.message,) if report.message else ()) + tuple(result.warnings)
+        return ImportSummary(len(result.annotations), warnings, report.classes, dict(report.skipped))
 
     def bag_counts(self) -> tuple[int, int]:
         """``(positive, negative)`` bags (tiles) the current weak labels give."""
@@ -256,12 +343,14 @@ class SlideSession:
             hard_labels=self.hard.copy() if stage == "student" else None,
             teacher_checkpoint=self.checkpoint("teacher") if stage == "student" else None,
             resume=resume,
+            card=slide_provenance([self.slide_path], sample_only=is_sample_slide(self.slide_path)),
         )
 
     def accept(self, output: StageOutput) -> np.ndarray:
         """Take a finished job's map: store and save it, rebuild the stage's mask with the corrections
         applied; return that mask."""
         self._require_work()
+        self._require_lock()
         probability = np.asarray(output.probability, np.float32)
         self.project.save_array(
             f"{output.stage}_probability", probability.astype(np.float16), **self._geometry_meta()
@@ -281,10 +370,24 @@ class SlideSession:
         self.accept(output)
         return output
 
+    def describe_model(self, stage: str) -> str | None:
+        """One line from ``stage``'s model card (what it was trained on, spec, epochs, validation; a
+        second line warns when it was trained only on the synthetic sample), or None without a model."""
+        from napari_milkd.core.engine.card import describe_model
+        from napari_milkd.core.engine.checkpoint import load_checkpoint
+
+        if not self.has_model(stage):
+            return None
+        try:
+            return describe_model(load_checkpoint(self.checkpoint(stage)))
+        except MilkdError:
+            return None  # a damaged checkpoint says so where it is loaded for work
+
     def promote_student(self) -> None:
         """Next round, first half: the student (its model and map) becomes the teacher."""
         if not self.has_model("student"):
             raise InputError("distil a student first")
+        self._require_lock()
         with atomic_path(self.checkpoint("teacher")) as tmp:
             shutil.copyfile(self.checkpoint("student"), tmp)
         if "student" in self.probabilities:
@@ -341,7 +444,8 @@ class SlideSession:
 
     def region_scores(self) -> np.ndarray:
         """Per tile: how much it needs a look (teacher/student disagreement; with one model, its
-        uncertainty); reviewed tiles score −1."""
+        uncertainty), summed over the tile's tissue only and divided by the tile's area (so a tile that is
+        mostly glass ranks low); reviewed tiles score −1."""
         work = self._require_work()
         if not self.probabilities:
             raise InputError("train a model first")
@@ -349,8 +453,10 @@ class SlideSession:
         if score_map is None:
             prob = next(iter(self.probabilities.values()))
             score_map = 0.5 - np.abs(prob - 0.5)
+        # Only tissue counts: glass at the tissue border is where maps differ most and matters least.
+        score_map = np.where(self.tissue, score_map, 0).astype(np.float32)
         index = np.arange(len(work.grid))
-        scores = tile_crops(score_map.astype(np.float32), work, index).mean(axis=(1, 2))
+        scores = tile_crops(score_map, work, index).mean(axis=(1, 2))
         scores[list(self.reviewed)] = -1
         return scores
 
@@ -387,9 +493,9 @@ class SlideSession:
             return target
         polygons = mask_polygons(mask > 0, work.downsample, self.info.mpp)
         if fmt == "asap":
-            write_asap_xml(target, polygons)
+            write_asap_xml(target, polygons)  # ASAP shows the full level-0 frame: no bounds offset
         else:
-            write_geojson(target, polygons, mpp=self.info.mpp)
+            write_geojson(target, polygons, mpp=self.info.mpp, offset_l0=self.info.offset_l0)
         return target
 
     # --- persistence ---------------------------------------------------------------------------------
@@ -398,9 +504,11 @@ class SlideSession:
         return {"work_mpp": float(self._require_work().grid.mpp)}
 
     def save(self) -> None:
-        """Write weak labels and corrections to the project folder (atomic)."""
+        """Write weak labels and corrections to the project folder (atomic). Refused (one-line
+        :class:`WriteError`) once the session is closed or a later session took the project."""
         if self.work is None:
             return
+        self._require_lock()
         if self.weak is not None:
             self.project.save_array("weak_labels", self.weak, **self._geometry_meta())
         if self.hard is not None:

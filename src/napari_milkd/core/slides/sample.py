@@ -212,6 +212,12 @@ def ensure_sample_slide(cache_dir: Path | None = None) -> SampleSlide:
     )
 
 
+def is_sample_slide(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names the built-in synthetic sample slide (any version, any cache folder)."""
+    name = Path(path).name
+    return name.startswith("milkd-sample-v") and name.endswith(".tiff")
+
+
 def coarse_regions(downsample: float, shape: tuple[int, int], tissue: np.ndarray) -> np.ndarray:
     """Weak labels a pathologist might paint on the sample: a rough "contains tumour" region around the
     true tumour (1) and "tumour-free" tissue well away from it (2), as a uint8 map at ``downsample``.

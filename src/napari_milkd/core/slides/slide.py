@@ -122,6 +122,15 @@ def _mpp_from_properties(props: dict[str, str]) -> tuple[float | None, float | N
     return None, None, None
 
 
+def _bounds_from_properties(props: dict[str, str]) -> tuple[int, int, int, int] | None:
+    """``openslide.bounds-x/y/width/height`` as ints, or ``None`` when any is missing or malformed."""
+    try:
+        values = tuple(int(props[f"openslide.bounds-{k}"]) for k in ("x", "y", "width", "height"))
+    except (KeyError, ValueError):
+        return None
+    return values  # type: ignore[return-value]
+
+
 class OpenSlideSource:
     """A slide read through OpenSlide (svs, ndpi, mrxs, scn, bif, generic tiled TIFF, DICOM-WSI, ...).
 
@@ -170,6 +179,7 @@ class OpenSlideSource:
             objective_power=_float_or_none(props.get("openslide.objective-power")),
             mpp_source=mpp_source,
             tile_sizes=tiles,
+            bounds_l0=_bounds_from_properties(props),
         )
         self._validate()
 

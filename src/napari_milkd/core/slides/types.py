@@ -40,6 +40,14 @@ class SlideInfo:
     objective_power: float | None = None
     mpp_source: str | None = None
     tile_sizes: tuple[tuple[int, int], ...] = field(default=())
+    #: ``(x, y, width, height)`` of the non-empty region in level-0 pixels (``openslide.bounds-*``,
+    #: MRXS and others); ``None`` when the file does not say. QuPath shows such slides cropped to it.
+    bounds_l0: tuple[int, int, int, int] | None = None
+
+    @property
+    def offset_l0(self) -> tuple[int, int]:
+        """``(x, y)`` of the bounds' corner (``(0, 0)`` without bounds): QuPath's coordinate origin."""
+        return (0, 0) if self.bounds_l0 is None else (self.bounds_l0[0], self.bounds_l0[1])
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -83,4 +91,5 @@ class SlideInfo:
             "mpp_x": self.mpp_x,
             "mpp_y": self.mpp_y,
             "objective_power": self.objective_power,
+            **({"bounds_l0": list(self.bounds_l0)} if self.bounds_l0 is not None else {}),
         }

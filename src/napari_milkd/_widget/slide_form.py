@@ -1,0 +1,267 @@
+"""The slide widget's face: its four sections, the slide layer to work on, its facts, and which
+buttons may be pressed.
+
+:class:`SlideForm` builds the controls (1 · Slide, 2 · Weak labels, 3 · Teacher and student, 4 · Review
+and export), follows the viewer's slide layers, shows the selected slide's facts, lets the user give
+a µm/px the file lacks, and enables buttons from a few yes/no facts. It holds no workflow state:
+:class:`~napari_milkd._widget.slide_widget.SlideWidget` wires the workflow buttons to its session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_milkd._layers import MICROMETRES, SLIDE_META
+from napari_milkd._widget.qt_helpers import fmt_mpp, notify_info, stack_in_scroll_area
+from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
+from napari_milkd._widget.training_panel import TrainingPanel
+from napari_milkd.core.slides.slide import level_for_mpp
+from napari_milkd.core.slides.types import SlideInfo
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+NO_SLIDE = "Open a slide (File ▸ Open, or File ▸ Open Sample ▸ milkd)."
+#: Export formats in the order of the format box, as :meth:`SlideSession.export` names them.
+EXPORT_FORMATS = (
+    ("QuPath GeoJSON", "geojson", ".geojson"),
+    ("ASAP XML", "asap", ".xml"),
+    ("OME-Zarr labels", "ome-zarr", ".zarr"),
+)
+
+
+def facts_html(info: SlideInfo) -> str:
+    """The slide's file, vendor, resolution, objective and pyramid levels, as rich text."""
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{lv.width} × {lv.height}</td><td>{lv.downsample:.3f}</td>"
+        f"<td>{fmt_mpp(info.level_mpp(i))}</td></tr>"
+        for i, lv in enumerate(info.levels)
+    )
+    mpp_text = (
+        f"{info.mpp_x:.4f} × {info.mpp_y:.4f} µm/px <i>({info.mpp_source})</i>"
+        if info.has_mpp
+        else "<b style='color:#ffb000'>unknown — enter it below</b>"
+    )
+    objective = f"{info.objective_power:g}×" if info.objective_power else "not stated"
+    return (
+        f"<b>{Path(info.path).name}</b> ({info.vendor})<br>Resolution: {mpp_text}<br>"
+        f"Objective: {objective}<br><table cellspacing='4'><tr><th>level</th><th>size</th>"
+        f"<th>downsample</th><th>µm/px</th></tr>{rows}</table>"
+    )
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
+
+
+class SlideForm(QWidget):
+    """The controls of the slide widget in four numbered sections, over the slide layers of ``viewer``."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.layer_combo = QComboBox()
+        self.facts = QLabel(NO_SLIDE)
+        self.facts.setWordWrap(True)
+        self.facts.setTextFormat(Qt.TextFormat.RichText)
+        self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.mpp_spin = QDoubleSpinBox(decimals=4, minimum=0.01, maximum=100.0, singleStep=0.05, value=0.5)
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_apply = QPushButton("Set µm/px")
+        self.mpp_apply.setToolTip(
+            "The file does not say its resolution: enter the scanner's µm/px at level 0."
+        )
+        self.target_spin = QDoubleSpinBox(decimals=2, minimum=0.1, maximum=64.0, singleStep=0.25, value=1.0)
+        self.target_spin.setSuffix(" µm/px")
+        self.level_note = QLabel("")
+        self.tile_spin = QSpinBox(minimum=32, maximum=1024, singleStep=32, value=128)
+        self.tile_spin.setSuffix(" px")
+        self.prepare_button = QPushButton("Prepare slide")
+        self.prepare_button.setToolTip("Find tissue and tiles at the working resolution; restore saved work.")
+        self.result_note = QLabel("")
+        self.result_note.setWordWrap(True)
+        self.result_note.setTextFormat(Qt.TextFormat.RichText)
+
+        self.paint_tumour = QPushButton("Paint tumour")
+        self.paint_tumour.setToolTip("Brush: regions that contain tumour (label 1, red)")
+        self.paint_free = QPushButton("Paint tumour-free")
+        self.paint_free.setToolTip("Brush: regions without tumour (label 2, green)")
+        self.all_free = QPushButton("All tumour-free")
+        self.all_free.setToolTip("Mark all tissue tumour-free (a negative slide); painted tumour is kept")
+        self.import_button = QPushButton("Import…")
+        self.import_button.setToolTip("QuPath GeoJSON or ASAP XML: Tumor → contains tumour, others → free")
+        self.bag_note = QLabel("")
+        self.bag_note.setWordWrap(True)
+
+        self.training = TrainingPanel()
+        self.train_teacher_button = QPushButton("Train teacher")
+        self.train_student_button = QPushButton("Distil student")
+        self.next_round_button = QPushButton("Next round")
+        self.next_round_button.setToolTip(
+            "The student (with your corrections) becomes the teacher; distil again."
+        )
+
+        self.review_button = QPushButton("Next region to review")
+        self.review_note = QLabel("")
+        self.review_note.setWordWrap(True)
+        self.export_stage = QComboBox()
+        self.export_stage.addItems(["student", "teacher"])
+        self.export_format = QComboBox()
+        self.export_format.addItems([text for text, _, _ in EXPORT_FORMATS])
+        self.export_button = QPushButton("Export…")
+        self._lay_out()
+        self.layer_combo.currentIndexChanged.connect(self._show_facts)
+        self.target_spin.valueChanged.connect(self._show_facts)
+        self.mpp_apply.clicked.connect(self._apply_mpp)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+
+    def _lay_out(self) -> None:
+        slide_box = QGroupBox("1 · Slide")
+        form = QFormLayout(slide_box)
+        form.addRow("Layer", self.layer_combo)
+        form.addRow(self.facts)
+        form.addRow(self.mpp_spin, self.mpp_apply)
+        form.addRow("Work at", self.target_spin)
+        form.addRow("", self.level_note)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow(self.prepare_button)
+        form.addRow(self.result_note)
+
+        weak_box = QGroupBox("2 · Weak labels")
+        weak = QVBoxLayout(weak_box)
+        weak.addLayout(_row(self.paint_tumour, self.paint_free))
+        weak.addLayout(_row(self.all_free, self.import_button))
+        weak.addWidget(self.bag_note)
+
+        train_box = QGroupBox("3 · Teacher and student")
+        QVBoxLayout(train_box).addWidget(self.training)
+        self.training.form.addRow(_row(self.train_teacher_button, self.train_student_button))
+        self.training.form.addRow(_row(self.next_round_button, self.training.cancel_button))
+        self.training.add_progress_rows()
+
+        review_box = QGroupBox("4 · Review and export")
+        rform = QFormLayout(review_box)
+        rform.addRow(self.review_button)
+        rform.addRow(self.review_note)
+        rform.addRow("Mask", self.export_stage)
+        rform.addRow("Format", self.export_format)
+        rform.addRow(self.export_button)
+
+        stack_in_scroll_area(self, (slide_box, weak_box, train_box, review_box))
+
+    def export_choice(self) -> tuple[str, str, str]:
+        """``(stage, format, file suffix)`` chosen in section 4."""
+        _, fmt, suffix = EXPORT_FORMATS[self.export_format.currentIndex()]
+        return self.export_stage.currentText(), fmt, suffix
+
+    # --- the slide layer ---------------------------------------------------------------------------
+
+    def selected_layer(self) -> Image | None:
+        """The slide layer chosen in the combo box."""
+        name = self.layer_combo.currentText()
+        return next((lay for lay in slide_layers(self.viewer) if lay.name == name), None)
+
+    def _refresh_layers(self, *_: object) -> None:
+        current = self.layer_combo.currentText()
+        names = [lay.name for lay in slide_layers(self.viewer)]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        elif names:
+            self.layer_combo.setCurrentIndex(len(names) - 1)
+        self.layer_combo.blockSignals(False)
+        self._show_facts()
+
+    def _apply_mpp(self) -> None:
+        """The user gives the µm/px the file lacks: the slide layer gets it (scale, units, facts)."""
+        layer = self.selected_layer()
+        if layer is None:
+            return
+        mpp = float(self.mpp_spin.value())
+        facts = dict(layer.metadata[SLIDE_META])
+        facts.update(mpp_x=mpp, mpp_y=mpp, mpp_source="user", mpp_known=True)
+        layer.metadata = {**layer.metadata, SLIDE_META: facts}
+        layer.scale = (mpp, mpp)
+        layer.units = MICROMETRES
+        self.viewer.reset_view()
+        notify_info(f"{layer.name}: resolution set to {mpp:g} µm/px")
+        self._show_facts()
+
+    def _show_facts(self, *_: object) -> None:
+        """Show the selected slide's facts (or how to open one) and which pyramid level will be read."""
+        layer = self.selected_layer()
+        self._update_buttons()
+        info: SlideInfo | None = None if layer is None else info_from_layer(layer)
+        if info is None:
+            self.facts.setText(NO_SLIDE)
+            self.level_note.setText("")
+            return
+        self.facts.setText(facts_html(info))
+        self.mpp_spin.setVisible(not info.has_mpp)
+        self.mpp_apply.setVisible(not info.has_mpp)
+        if info.has_mpp:
+            level = level_for_mpp(info, self.target_spin.value())
+            self.level_note.setText(f"reads level {level} ({fmt_mpp(info.level_mpp(level))} µm/px)")
+        else:
+            self.level_note.setText("needs the slide's µm/px")
+
+    def take_saved_settings(self, settings: dict[str, Any], where: Path) -> None:
+        """Set working resolution and tile size to what a project ``where`` saved (said in a
+        notification when they differ from the form)."""
+        work_mpp, tile = settings.get("work_mpp"), settings.get("tile")
+        if not isinstance(work_mpp, int | float) or not isinstance(tile, int):
+            return
+        if (round(float(work_mpp), 2), tile) == (round(self.target_spin.value(), 2), self.tile_spin.value()):
+            return
+        self.target_spin.setValue(float(work_mpp))
+        self.tile_spin.setValue(tile)
+        notify_info(f"working at {work_mpp:g} µm/px with {tile} px tiles, as saved in {where}")
+
+    def show_bags(self, positive: int, negative: int) -> None:
+        """Say how many bags (tiles) of each kind the weak labels give."""
+        missing = " — paint both kinds to train" if not (positive and negative) else ""
+        self.bag_note.setText(
+            f"<b>{positive}</b> positive and <b>{negative}</b> negative bags (tiles){missing}"
+        )
+
+    def _update_buttons(self) -> None:
+        """Enable what may be pressed now (the widget knows more: it overrides this)."""
+        has_slide = self.selected_layer() is not None
+        self.enable(has_slide=has_slide, prepared=False, busy=False, teacher=False, student=False, maps=False)
+
+    def enable(
+        self, *, has_slide: bool, prepared: bool, busy: bool, teacher: bool, student: bool, maps: bool
+    ) -> None:
+        """Enable what may be pressed now: ``teacher``/``student`` have a model, ``maps`` a mask to show."""
+        self.prepare_button.setEnabled(has_slide and not busy)
+        for button in (self.paint_tumour, self.paint_free, self.all_free, self.import_button):
+            button.setEnabled(prepared and not busy)
+        self.train_teacher_button.setEnabled(prepared and not busy)
+        self.train_student_button.setEnabled(prepared and not busy and teacher)
+        self.next_round_button.setEnabled(prepared and not busy and student)
+        self.training.cancel_button.setEnabled(busy)
+        self.review_button.setEnabled(prepared and maps)
+        self.export_button.setEnabled(prepared and maps and not busy)
+        self.training.progress.setVisible(busy)

@@ -1,0 +1,170 @@
+"""Working-resolution layers placed over a slide layer: names, colours, scale, the progressive preview
+and the camera.
+
+:class:`SlideLayers` owns the napari side of one prepared slide: every layer it makes is called
+``"<slide> <what>"`` (``"<slide> weak labels"``, ``"<slide> teacher mask"``, ...), is single-scale (so
+Labels stay editable) and gets the slide's world scale times the working downsample, so it lines up with
+the slide in micrometres. Main thread only; it holds layers, never session state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
+from napari_milkd.core.session.jobs import MapPreview
+from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
+from napari_milkd.core.slides.geometry import SlideWork, tile_map_origins
+from napari_milkd.core.slides.types import LevelInfo, SlideInfo
+
+WEAK_COLORS = {None: "transparent", REGION_TUMOUR: "#ff3b3b", REGION_FREE: "#2fd16b"}
+MASK_COLORS = {None: "transparent", 1: "#ffd400"}
+TISSUE_COLORS = {None: "transparent", 1: "#39d98a"}
+TILE_COLORS = {None: "transparent", 1: "#f5f5f5", 2: "#ffd166"}
+#: Least time between two refreshes of the preview layer while a map is predicted.
+PREVIEW_INTERVAL_S = 0.3
+#: How large a tile to review appears on screen.
+REVIEW_TILE_SCREEN_PX = 500
+
+
+def info_from_layer(layer: Image) -> SlideInfo:
+    """The slide facts our reader (or sample) put in an image layer's metadata."""
+    facts = layer.metadata[SLIDE_META]
+    return SlideInfo(
+        path=facts["path"],
+        vendor=facts["vendor"],
+        levels=tuple(LevelInfo(**lv) for lv in facts["levels"]),
+        mpp_x=facts["mpp_x"],
+        mpp_y=facts["mpp_y"],
+        objective_power=facts["objective_power"],
+        mpp_source=facts.get("mpp_source"),
+    )
+
+
+def slide_layers(viewer: Any) -> list[Image]:
+    """Image layers that carry slide facts (opened by our reader or sample)."""
+    return [lay for lay in viewer.layers if isinstance(lay, Image) and SLIDE_META in lay.metadata]
+
+
+def tile_map(work: SlideWork) -> np.ndarray:
+    """Tiles painted into a working-size map with alternating labels 1/2 (drawn as outlines)."""
+    out = np.zeros(work.shape, np.uint8)
+    t = work.grid.tile
+    for r0, c0 in tile_map_origins(work.grid, work.downsample):
+        out[r0 : r0 + t, c0 : c0 + t] = 1 + (r0 // t + c0 // t) % 2
+    return out
+
+
+class SlideLayers:
+    """The layers over one slide layer (``attach`` it first) at one working downsample."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.slide_name: str | None = None
+        self.downsample = 1.0
+        self._last_preview = 0.0
+
+    def attach(self, slide_name: str, downsample: float) -> None:
+        """Place the layers to come over the slide layer ``slide_name`` at ``downsample`` × level 0."""
+        self.slide_name = slide_name
+        self.downsample = float(downsample)
+
+    def name(self, what: str) -> str:
+        """The layer name of ``what`` (``"<slide> <what>"``)."""
+        return f"{self.slide_name} {what}"
+
+    def get(self, what: str) -> Any:
+        """The layer ``what``, or None."""
+        if self.slide_name is None:
+            return None
+        name = self.name(what)
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (LayerList)
+
+    def remove(self, what: str) -> None:
+        """Remove the layer ``what`` if it is there."""
+        layer = self.get(what)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
+    def _slide_geometry(self) -> dict[str, Any]:
+        slide = self.viewer.layers[self.slide_name]
+        info = info_from_layer(slide)
+        return {
+            "level0_scale": (float(slide.scale[-2]), float(slide.scale[-1])),
+            "units": MICROMETRES if info.has_mpp else None,
+            "mpp": info.mpp,
+        }
+
+    def put(self, kind: str, what: str, data: np.ndarray, **extra: Any) -> Any:
+        """Show ``data`` in the layer ``what``: its data is replaced when it exists with this shape, else
+        a ``kind`` (``"labels"``/``"image"``) layer is added over the slide (one of another shape goes)."""
+        layer = self.get(what)
+        if layer is not None and layer.data.shape == data.shape:
+            layer.data = data
+            return layer
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        geometry = self._slide_geometry()
+        kwargs = mask_layer_kwargs(
+            geometry["level0_scale"],
+            self.downsample,
+            self.name(what),
+            units=geometry["units"],
+            mpp=geometry["mpp"],
+            **extra,
+        )
+        add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
+        return add(data, **kwargs)
+
+    def put_labels(self, what: str, data: np.ndarray, colors: dict[Any, str], **extra: Any) -> Labels:
+        """:meth:`put` a Labels layer drawn with ``colors`` (label → colour)."""
+        return self.put("labels", what, data, colormap=DirectLabelColormap(color_dict=colors), **extra)
+
+    def put_image(self, what: str, data: np.ndarray, **extra: Any) -> Image:
+        """:meth:`put` an Image layer."""
+        return self.put("image", what, data, **extra)
+
+    # --- the map appearing while a slide is predicted ------------------------------------------------
+
+    def start_preview(self) -> None:
+        """A job starts: its first map band shows at once."""
+        self._last_preview = 0.0
+
+    def show_preview(self, event: MapPreview) -> None:
+        """Copy the newly final rows of the job's map into the preview layer, a few times a second."""
+        now = time.monotonic()
+        if not event.rows_done or (
+            event.done < event.total and now - self._last_preview < PREVIEW_INTERVAL_S
+        ):
+            return
+        self._last_preview = now
+        layer = self.get("preview")
+        if layer is None:
+            layer = self.put_image(
+                "preview",
+                np.zeros_like(event.probability),
+                colormap="magma",
+                opacity=0.6,
+                contrast_limits=(0, 1),
+            )
+        layer.data[: event.rows_done] = event.probability[: event.rows_done]
+        layer.refresh()
+
+    def drop_preview(self) -> None:
+        """The job ended: the preview gives way to the real layers."""
+        self.remove("preview")
+
+    # --- camera --------------------------------------------------------------------------------------
+
+    def show_region(self, bounds_l0: tuple[float, float, float, float]) -> None:
+        """Centre the camera on ``(y0, x0, y1, x1)`` (level-0 pixels), about 500 screen pixels tall."""
+        sy, sx = self._slide_geometry()["level0_scale"]
+        y0, x0, y1, x1 = bounds_l0
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari ≥ 0.9: viewer.scene.camera
+        camera.center = ((y0 + y1) / 2 * sy, (x0 + x1) / 2 * sx)
+        camera.zoom = REVIEW_TILE_SCREEN_PX / ((y1 - y0) * sy)

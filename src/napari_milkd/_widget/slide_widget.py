@@ -1,0 +1,419 @@
+"""The milkd slide dock widget: a thin Qt face over one headless :class:`SlideSession`.
+
+Workflow on the selected slide layer: facts and µm/px → *Prepare slide* (tissue, tiles, working
+resolution; restores a saved project as it was) → paint weak labels (1 contains tumour, 2 tumour-free) or
+import them → *Train teacher* → correct the teacher mask by hand → *Distil student* → *Next region to
+review* → *Next round* → *Export*. Everything the user makes is autosaved in the slide's project folder.
+
+The session owns the workflow state (geometry, weak labels, corrections, maps, reviewed tiles, round)
+and every decision; this widget holds Qt state only (layers, the worker, timers) and forwards. Long work
+runs in napari workers over the session's job generators, which work on copies; their results come back
+to the session on the main thread (``returned``). The weak-labels layer's data *is* ``session.weak``, so
+brush strokes land in the session; a mask layer holds a copy, and each edit is handed to
+:meth:`SlideSession.record_edit`. Cancel calls ``worker.quit()`` (effective at the next batch).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
+from napari_milkd._widget.slide_form import SlideForm
+from napari_milkd._widget.slide_layers import (
+    MASK_COLORS,
+    TILE_COLORS,
+    TISSUE_COLORS,
+    WEAK_COLORS,
+    SlideLayers,
+    info_from_layer,
+    tile_map,
+)
+from napari_milkd.core.errors import MilkdError
+from napari_milkd.core.runtime import leave_cores_for_the_gui
+from napari_milkd.core.session.jobs import JobEvent, MapPreview, StageOutput
+from napari_milkd.core.session.slide_session import STAGES, SlideSession
+from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
+from napari_milkd.core.slides.geometry import SlideWork
+
+if TYPE_CHECKING:
+    import napari
+
+MPP_HINT = "enter it and press 'Set µm/px' first"
+
+
+def _run(job: Generator[JobEvent, None, StageOutput]) -> Generator[JobEvent, None, StageOutput]:
+    """Worker body: drive a job the session made on the main thread (it holds copies only)."""
+    return (yield from job)
+
+
+class SlideWidget(SlideForm):
+    """napari-milkd: weak labels in, teacher and student masks out, corrected by hand, exported."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(napari_viewer)
+        #: The slide's workflow; None until *Prepare slide* has run once.
+        self.session: SlideSession | None = None
+        self.layers = SlideLayers(napari_viewer)
+        self._planned: tuple[str, SlideSession] | None = None
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._autosave = QTimer(self, singleShot=True, interval=600)
+        self._autosave.timeout.connect(self.save_session)
+        self._edit_timer = QTimer(self, singleShot=True, interval=0)
+        self._edit_timer.timeout.connect(self.collect_corrections)
+        self.prepare_button.clicked.connect(self.start_prepare)
+        self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
+        self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
+        self.all_free.clicked.connect(self.mark_all_free)
+        self.import_button.clicked.connect(self._import_dialog)
+        self.train_teacher_button.clicked.connect(lambda: self.start_training("teacher"))
+        self.train_student_button.clicked.connect(lambda: self.start_training("student"))
+        self.next_round_button.clicked.connect(self.next_round)
+        self.review_button.clicked.connect(self.next_region)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.training.busy_changed.connect(self._update_buttons)
+        # Closing the viewer destroys the widget (after hideEvent saved): the project's lock goes back.
+        self._session_holder: list[SlideSession | None] = [None]
+        self.destroyed.connect(lambda *_, held=self._session_holder: held[0] and held[0].close())
+        self._refresh_layers()
+
+    def hideEvent(self, event: Any) -> None:
+        """Closing the viewer hides the dock first: write edits whose autosave is still pending."""
+        self._save_now()
+        super().hideEvent(event)
+
+    def _prepared(self) -> SlideSession | None:
+        """The session once its slide is prepared, else None."""
+        return self.session if self.session is not None and self.session.work is not None else None
+
+    def _update_buttons(self) -> None:
+        session = self._prepared()
+        self.enable(
+            has_slide=self.selected_layer() is not None,
+            prepared=session is not None,
+            busy=self.training.worker is not None,
+            teacher=session is not None and session.has_model("teacher"),
+            student=session is not None and session.has_model("student"),
+            maps=session is not None and bool(session.probabilities),
+        )
+
+    # --- 1 · prepare -----------------------------------------------------------------------------
+
+    def start_prepare(self) -> None:
+        """Plan tissue and tiles for the selected slide in a worker, then let the session adopt them
+        (restoring what its project saved)."""
+        layer = self.selected_layer()
+        if layer is None:
+            notify_error("select a slide layer first")
+            return
+        info = info_from_layer(layer)
+        if not info.has_mpp:
+            notify_error(f"{layer.name} has no µm/px; {MPP_HINT}")
+            return
+        if self.training.worker is not None:
+            notify_warning("wait for the running job, or cancel it")
+            return
+        self._save_now()  # what was prepared before keeps its last edits
+        reopened = self.session is None or self.session.slide_path != str(info.path)
+        try:
+            # A µm/px the user entered fills what the file lacks; it never replaces what the file says.
+            user_mpp = info.mpp if info.mpp_source == "user" else None
+            session = SlideSession(info.path, slide_mpp=user_mpp, mpp_hint=MPP_HINT)
+            if reopened:  # a reopened project comes back as it was
+                self.take_saved_settings(session.saved_settings(), session.project.root)
+        except MilkdError as exc:
+            notify_error(exc)
+            return
+        self.training.status.setText("finding tissue and tiles…")
+        self.training.progress.setRange(0, 0)
+        work_mpp, tile = float(self.target_spin.value()), int(self.tile_spin.value())
+        # Errors are shown once, by the panel, as a one-line notification.
+        worker = create_worker(session.plan, work_mpp, tile, _ignore_errors=True)
+        self._planned = (layer.name, session)
+        self.training.run(worker, self._adopt)
+
+    def _adopt(self, work: SlideWork) -> None:
+        assert self._planned is not None
+        slide_name, session = self._planned
+        self._save_now()  # strokes made while planning belong to the session prepared before
+        try:
+            restored = session.adopt(work)
+        except (MilkdError, OSError) as exc:
+            self.training.status.setText(f"failed: {notify_error(exc)}")
+            return
+        if self.session is not None and self.session is not session:
+            self.session.close()  # saved above; its project's lock goes back
+        self.session = self._session_holder[0] = session
+        self.layers.attach(slide_name, work.downsample)
+        assert session.tissue is not None and session.weak is not None
+        tissue = session.tissue.astype(np.uint8)
+        self.layers.put_labels("tissue", tissue, TISSUE_COLORS, opacity=0.25, visible=False)
+        tiles = self.layers.put_labels("tiles", tile_map(work), TILE_COLORS, opacity=0.8)
+        tiles.contour = 2
+        weak = self.layers.put_labels("weak labels", session.weak, WEAK_COLORS, opacity=0.45)
+        weak.brush_size = max(10, work.grid.tile // 2)
+        if weak not in self._watched:
+            weak.events.paint.connect(self._on_weak_edit)
+            weak.events.data.connect(self._on_weak_edit)
+            self._watched.add(weak)
+        for stage in STAGES:
+            self.show_stage(stage)
+        if restored:
+            notify_info(f"restored {', '.join(restored)} from {session.project.root}")
+        grid = work.grid
+        self.result_note.setText(
+            f"{len(grid)} tissue tiles of {grid.tile} px at {grid.mpp:g} µm/px (level {grid.level}); "
+            f"tissue covers {100 * work.tissue.fraction:.0f}% of the slide.<br>"
+            f"Saved in <i>{session.project.root.name}</i>"
+        )
+        self.result_note.setToolTip(f"Project folder (autosaved): {session.project.root}")
+        self.training.status.setText("")
+        self._update_bag_note()
+        self._update_buttons()
+
+    # --- 2 · weak labels -------------------------------------------------------------------------
+
+    def weak_layer(self) -> Labels | None:
+        """The weak-labels layer of the prepared slide."""
+        return self.layers.get("weak labels") if self._prepared() is not None else None
+
+    def start_painting(self, value: int) -> None:
+        """Select the weak-labels layer in paint mode with ``value`` (1 contains tumour, 2 tumour-free)."""
+        layer = self.weak_layer()
+        if layer is None:
+            notify_error("prepare the slide first")
+            return
+        self.viewer.layers.selection.active = layer
+        layer.selected_label = value
+        layer.mode = "paint"
+
+    def mark_all_free(self) -> None:
+        """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
+        layer, session = self.weak_layer(), self._prepared()
+        if layer is not None and session is not None:
+            session.mark_all_free()
+            layer.refresh()
+            self._on_weak_edit()
+
+    def import_regions(self, path: str | Path) -> None:
+        """Add regions from a QuPath GeoJSON or ASAP XML file (Tumor → contains tumour, others → free)."""
+        layer, session = self.weak_layer(), self._prepared()
+        if layer is None or session is None:
+            notify_error("prepare the slide first")
+            return
+        try:
+            summary = session.import_annotations(path)
+        except (MilkdError, OSError) as exc:
+            notify_error(exc)
+            return
+        layer.refresh()
+        self._on_weak_edit()
+        for warning in summary.warnings[:3]:
+            notify_warning(warning)
+        notify_info(f"imported {summary.n_regions} regions from {Path(path).name}")
+
+    def _import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
+        )
+        if path:
+            self.import_regions(path)
+
+    def _on_weak_edit(self, *_: object) -> None:
+        """A stroke or a new map in the weak-labels layer (whose data is the session's map)."""
+        layer, session = self.weak_layer(), self._prepared()
+        if layer is None or session is None:
+            return
+        if layer.data is not session.weak:  # the whole map was replaced (``layer.data = ...``)
+            try:
+                session.set_weak_labels(np.asarray(layer.data))
+            except MilkdError as exc:
+                notify_error(exc)
+            layer.data = session.weak  # strokes land in the session again (this comes back here)
+            return
+        self._update_bag_note()
+        self._autosave.start()
+
+    def _update_bag_note(self) -> None:
+        self.show_bags(*(self.session.bag_counts() if self.session is not None else (0, 0)))
+
+    # --- 3 · training ----------------------------------------------------------------------------
+
+    def start_training(self, stage: str, *, resume: bool = True) -> None:
+        """Train the teacher, or distil the student from it, in a worker; then predict the slide."""
+        session = self._prepared()
+        if session is None or session.work is None:
+            notify_error("prepare the slide first")
+            return
+        if self.training.worker is not None:
+            notify_warning("a job is already running")
+            return
+        self._flush_edits()
+        try:
+            job = session.train_job(stage, self.training.config(session.work.grid.tile), resume=resume)
+        except MilkdError as exc:
+            notify_error(exc)
+            return
+        self._run_job(job, f"{stage}: starting…")
+
+    def next_round(self) -> None:
+        """The student (its maps and corrections included) becomes the teacher; distil a new student."""
+        session = self._prepared()
+        if session is None or session.work is None or self.training.worker is not None:
+            return
+        self._flush_edits()
+        round_before = session.round
+        job = None
+        try:
+            job = session.next_round_job(self.training.config(session.work.grid.tile))
+        except MilkdError as exc:
+            notify_error(exc)
+        if session.round != round_before:
+            self.show_stage("teacher")  # the student's map is the teacher's now
+        if job is not None:
+            self._run_job(job, "student: starting…")
+
+    def _run_job(self, job: Generator[JobEvent, None, StageOutput], text: str) -> None:
+        self.training.reset(text)
+        self.layers.start_preview()
+        leave_cores_for_the_gui()
+        worker = create_worker(_run, job, _ignore_errors=True)
+        worker.yielded.connect(self._on_event)
+        # Bound methods, not lambdas: Qt disconnects them when the widget is destroyed (viewer closed).
+        worker.errored.connect(self._drop_preview)
+        worker.aborted.connect(self._on_aborted)
+        aborted = "cancelled — the last finished epoch is kept; train again to continue from it"
+        self.training.run(worker, self._stage_done, aborted=aborted)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if isinstance(event, MapPreview):
+            self.layers.show_preview(event)
+
+    def _drop_preview(self, *_: object) -> None:
+        self.layers.drop_preview()
+
+    def _on_aborted(self) -> None:
+        self.layers.drop_preview()
+        notify_info("job cancelled")
+
+    def _stage_done(self, output: StageOutput) -> None:
+        self.layers.drop_preview()
+        if self.session is None:
+            return
+        try:
+            self.session.accept(output)
+        except (MilkdError, OSError) as exc:
+            self.training.status.setText(f"failed: {notify_error(exc)}")
+            return
+        self.show_stage(output.stage)
+        result = output.result
+        self.training.status.setText(
+            f"{output.stage} done: {result.epochs} epoch(s), selected epoch {result.best_epoch} "
+            f"({output.n_positive} positive / {output.n_negative} negative bags)"
+        )
+        self.training.status.setToolTip(self.session.describe_model(output.stage) or "")
+        notify_info(f"{output.stage} mask ready — paint or erase in it to correct it")
+
+    # --- masks and corrections -------------------------------------------------------------------
+
+    def show_stage(self, stage: str) -> None:
+        """Show the session's probability and (corrected) mask of ``stage`` as layers, and the
+        teacher/student disagreement once both exist; nothing when the stage has no map yet."""
+        session = self._prepared()
+        mask = session.mask(stage) if session is not None else None
+        if session is None or mask is None:
+            return
+        probability = session.probabilities[stage]
+        self.layers.put_image(
+            f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False
+        )
+        # The layer gets a copy: the session tells an edit by comparing with its own mask.
+        layer = self.layers.put_labels(f"{stage} mask", mask.copy(), MASK_COLORS, opacity=0.5)
+        if layer not in self._watched:
+            # napari emits ``paint`` before it writes the pixels: re-read once control returns to Qt.
+            layer.events.paint.connect(lambda *_: self._edit_timer.start())
+            self._watched.add(layer)
+        gap = session.disagreement()
+        if gap is not None:
+            self.layers.put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
+        self._update_buttons()
+
+    def collect_corrections(self) -> None:
+        """After a paint/erase in a mask layer: the session records what changed as ground truth."""
+        session = self._prepared()
+        if session is None:
+            return
+        for stage in STAGES:
+            layer, mask = self.layers.get(f"{stage} mask"), session.mask(stage)
+            if layer is not None and mask is not None and layer.data.shape == mask.shape:
+                session.record_edit(stage, np.asarray(layer.data))
+        self.review_note.setText(
+            f"{session.corrected_pixels} corrected pixels (used as ground truth in the next distillation)"
+        )
+        self._autosave.start()
+
+    def _flush_edits(self) -> None:
+        if self._edit_timer.isActive():
+            self._edit_timer.stop()
+            self.collect_corrections()
+
+    def _save_now(self) -> None:
+        self._flush_edits()
+        if self._autosave.isActive():
+            self._autosave.stop()
+            self.save_session()
+
+    def save_session(self) -> None:
+        """Write weak labels and corrections to the project folder (atomic; autosaved after edits)."""
+        if self.session is None:
+            return
+        try:
+            self.session.save()
+        except OSError as exc:
+            notify_error(f"could not save to {self.session.project.root}: {exc}")
+
+    # --- 4 · review and export -------------------------------------------------------------------
+
+    def next_region(self) -> int | None:
+        """Move the camera to the tile the session ranks next for review; return its index."""
+        session = self._prepared()
+        if session is None or not session.probabilities:
+            return None
+        scores = session.region_scores()
+        tile = session.next_region()
+        if tile is None:
+            self.review_note.setText("every tile has been reviewed")
+            return None
+        self.layers.show_region(session.region_bounds_l0(tile))
+        self.review_note.setText(
+            f"tile {tile}: score {scores[tile]:.2f} — {len(session.reviewed)} of {len(scores)} tiles reviewed"
+        )
+        return tile
+
+    def _export_dialog(self) -> None:
+        session = self._prepared()
+        if session is None:
+            return
+        stage, fmt, suffix = self.export_choice()
+        start = str(session.project.exports / f"{stage}{suffix}")
+        if fmt == "ome-zarr":
+            path = QFileDialog.getSaveFileName(self, "Export OME-Zarr labels", start, "OME-Zarr (*.zarr)")[0]
+        else:
+            path = QFileDialog.getSaveFileName(self, "Export mask", start, f"*{suffix}")[0]
+        if not path:
+            return
+        self._flush_edits()
+        try:
+            written = session.export(stage, fmt, path)
+        except (MilkdError, OSError) as exc:
+            notify_error(f"export failed: {error_text(exc)}")
+            return
+        notify_info(f"wrote {written}")
