@@ -32,7 +32,14 @@ from typing import Any
 
 from napari_milkd.core.atomic import atomic_path
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec, default_overlap
-from napari_milkd.core.errors import CheckpointError, InputError, MilkdError, SlideError, WriteError
+from napari_milkd.core.errors import (
+    CheckpointError,
+    InputError,
+    MilkdError,
+    SlideError,
+    WriteError,
+    write_error,
+)
 from napari_milkd.core.inference.stream import (
     PredictProgress,
     SlidePrediction,
@@ -505,6 +512,12 @@ def memory_error(job: PredictJob, exc: BaseException) -> MemoryLimitError | None
     )
 
 
+#: Write failures that mean "no room": a full disk, a quota, a file-size limit, a read-only filesystem.
+_DISK_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None), errno.EROFS) if e is not None
+)
+
+
 def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]:
     """Predict one slide file into ``out_dir/<name>.zarr`` and ``out_dir/<name>.geojson``.
 
@@ -517,7 +530,8 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
     :class:`SlideError` when the slide has no µm/px and ``slide_mpp`` is not given, :class:`InputError`
     when the model's µm/px is unknown and ``job.mpp`` is not given, or contradicts it, or when an output
     is not milkd's (:func:`check_outputs`), and :class:`MemoryLimitError` when the slide does not fit in
-    memory.
+    memory, and :class:`WriteError` when the disk (or ``ulimit -f``) cannot take an output; whatever was
+    written stays unmarked and the next run goes on from it.
     """
     try:
         summary: SlideSummary = yield from _slide_job(job)
@@ -526,6 +540,11 @@ def slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary]
         if problem is None:
             raise
         raise problem from None
+    except OSError as exc:
+        if isinstance(exc, MilkdError) or exc.errno not in _DISK_ERRNOS:
+            raise
+        # zarr's writer threads and our own writes alike: name the output, not a library's frame.
+        raise write_error(Path(job.out_dir) / f"{job.name}.zarr", exc) from None
     return summary
 
 
