@@ -274,3 +274,24 @@ def test_predict_names_the_model_and_warns_when_it_knows_only_the_sample(
     err = capsys.readouterr().err
     assert "trained only on the synthetic sample slide" in err
     assert "student model (tiny, 64-px tiles at 1 µm/px) trained on 1 slide (milkd-sample-v3.tiff" in err
+
+
+def test_without_the_cohort_extra_slides_run_one_after_another(
+    run_dir: Path, slides: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    """Dask distributed is the optional ``[cohort]`` extra: without it a cohort still runs (in turn, said
+    once), and the flags that need it are refused in one line before any work."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` raises ImportError
+    out = tmp_path / "o"
+    argv = ["predict", *map(str, slides), "--run", str(run_dir), "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Dask distributed is not installed" in err and "napari-milkd[cohort]" in err
+    assert all((out / f"{s.stem}.geojson").exists() for s in slides)
+    for flag in (["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:8786"]):
+        assert main([*argv[:-4], "--out", str(tmp_path / "x"), *flag]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line == f"milkd: error: {flag[0]} needs Dask distributed: pip install 'napari-milkd[cohort]'"
+    assert not (tmp_path / "x").exists()

@@ -80,6 +80,25 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be ≥ 1, got {args.workers}")
     if args.read_threads < 1:
         raise InputError(f"--read-threads must be ≥ 1, got {args.read_threads}")
+    if (args.scheduler is not None or (args.workers or 1) > 1) and not _has_distributed():
+        flag = "--scheduler" if args.scheduler is not None else "--workers"
+        raise InputError(f"{flag} needs Dask distributed: pip install 'napari-milkd[cohort]'")
+
+
+#: What to install for parallel cohorts, said once when several slides run one after another instead.
+NO_DISTRIBUTED_NOTE = (
+    "milkd: note: Dask distributed is not installed, so the slides are predicted one after another "
+    "(pip install 'napari-milkd[cohort]' to predict several at once)"
+)
+
+
+def _has_distributed() -> bool:
+    """Whether the optional ``[cohort]`` extra (Dask distributed) is importable."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
@@ -169,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
                 with ProgressPrinter() as progress:
                     summary = drain(slide_job(jobs[0]), progress)
                 done(summary)
-            elif jobs and args.scheduler is None and len(jobs) == 1:
+            elif jobs and args.scheduler is None and (len(jobs) == 1 or not _has_distributed()):
+                if len(jobs) > 1:
+                    print(NO_DISTRIBUTED_NOTE, file=sys.stderr, flush=True)
                 with ProgressPrinter() as progress:
                     run_local(jobs, progress, on_done=done, on_fail=failed)
             elif jobs:
