@@ -162,6 +162,11 @@ _POLYGON = '[{{"type": "Feature", "geometry": {{"type": "Polygon", "coordinates"
             r"feature 0: malformed Polygon .*implausibly large",
         ),
         (_POLYGON.format('[[0,0],["1",0],[1,1],[0,0]]'), r"a coordinate is not a number"),
+        # Issue 18 case 6: an integer with 400 digits (JSON allows it; float() overflows).
+        (
+            _POLYGON.format(f"[[0,0],[1{'0' * 400},0],[1,1],[0,0]]"),
+            r"feature 0: malformed .*implausibly large",
+        ),
     ],
 )
 def test_geojson_errors(tmp_path: Path, content: str, message: str) -> None:
@@ -169,6 +174,26 @@ def test_geojson_errors(tmp_path: Path, content: str, message: str) -> None:
     path.write_text(content)
     with pytest.raises(InputError, match=message):
         read_geojson(path)
+
+
+def test_a_huge_integer_sinks_only_its_own_feature(tmp_path: Path) -> None:
+    """Issue 18 case 6: an integer coordinate with hundreds of digits is one warning, the rest is read."""
+    huge = 10**400
+    path = _write_json(
+        tmp_path / "huge.geojson",
+        {
+            "type": "FeatureCollection",
+            "features": [
+                _feature([[[0, 0], [huge, 0], [100, 100], [0, 0]]], classification={"name": "Tumor"}),
+                _feature([[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]], classification={"name": "Tumor"}),
+            ],
+        },
+    )
+    result = read_geojson(path, slide_shape_l0=(1000, 1000))
+    assert len(result) == 1 and result.annotations[0].geometry.area == 2500
+    assert result.warnings == (
+        "huge.geojson: feature 0: malformed Polygon (a coordinate is implausibly large), skipped",
+    )
 
 
 def test_geojson_nothing_left_and_missing(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """QuPath GeoJSON: :func:`write_geojson` and :func:`read_geojson`.
 
 Owns every byte of the GeoJSON files and QuPath's object model (object types, derived classes). May
-import numpy, shapely, the standard library, :mod:`.model`, :mod:`.classes`, :mod:`.common`,
+import numpy, shapely, orjson, the standard library, :mod:`.model`, :mod:`.classes`, :mod:`.common`,
 ``core.atomic`` and ``core.errors``.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -154,7 +155,10 @@ def _parse_ring(value: Any) -> list[tuple[float, float]]:
             raise ValueError("a coordinate is not a number")
         if not isinstance(y, int | float):
             raise ValueError("a coordinate is not a number")
-        x, y = float(x), float(y)
+        try:
+            x, y = float(x), float(y)
+        except OverflowError:  # an integer with hundreds of digits
+            raise ValueError("a coordinate is implausibly large") from None
         if not (math.isfinite(x) and math.isfinite(y)):
             raise ValueError("a coordinate is not finite")
         if abs(x) > MAX_COORDINATE_L0 or abs(y) > MAX_COORDINATE_L0:
@@ -288,7 +292,10 @@ def _fast_rings(coordinates: Any) -> list[np.ndarray] | None:
                 or type(position[1]) not in _NUMBER
             ):
                 return None
-        array = np.array(ring, dtype=float)
+        try:
+            array = np.array(ring, dtype=float)
+        except OverflowError:  # an integer beyond float range: the careful path says which feature
+            return None
         if not (array[0] == array[-1]).all():
             return None
         rings.append(array)
@@ -380,19 +387,10 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_geojson(
-    path: Path,
-    slide_shape_l0: tuple[int, int] | None,
-    offset_l0: tuple[float, float],
-    object_types: Collection[str],
-) -> ImportResult:
+def _standard_json(path: Path, data: bytes) -> Any:
+    """``data`` parsed by the standard library (NaN and Infinity refused), every failure one line."""
     try:
-        with open(path, "rb") as f:
-            payload = json.load(f, parse_constant=_reject_constant)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a GeoJSON file") from None
+        return json.loads(data, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except UnicodeDecodeError:
@@ -401,6 +399,28 @@ def _read_geojson(
         raise InputError(f"{path}: not JSON (nested too deeply)") from None
     except ValueError as exc:
         raise InputError(f"{path}: not JSON ({exc})") from None
+
+
+def _read_geojson(
+    path: Path,
+    slide_shape_l0: tuple[int, int] | None,
+    offset_l0: tuple[float, float],
+    object_types: Collection[str],
+) -> ImportResult:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a GeoJSON file") from None
+    try:
+        payload = orjson.loads(data)  # 2× faster than json on 10⁵-object exports
+    except orjson.JSONDecodeError:
+        # The standard parser decides what is wrong and says it in its words (and reads what orjson
+        # refuses but JSON allows: integers beyond 64 bits, other Unicode encodings).
+        payload = _standard_json(path, data)
+    del data
     features = _feature_list(payload, path)
     del payload
     if not features:
