@@ -11,7 +11,6 @@ import pytest
 
 from napari_milkd.cli import main
 from napari_milkd.core.engine.checkpoint import save_checkpoint
-from napari_milkd.core.engine.config import TrainConfig
 from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.errors import CheckpointError, InputError
 from napari_milkd.core.inference.cohort import (
@@ -23,6 +22,7 @@ from napari_milkd.core.inference.cohort import (
 )
 from napari_milkd.core.inference.stream import open_prediction
 from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from test_predict_outputs import TINY_SPEC, _run
 
 
 def _slide(path: Path, seed: int, mpp: float | None = 0.5) -> Path:
@@ -36,41 +36,16 @@ def _slide(path: Path, seed: int, mpp: float | None = 0.5) -> Path:
     return path
 
 
-def _run(folder: Path, spec: ModelSpec | None) -> Path:
-    """A `milkd train`-like run folder with a tiny random student (64-px tiles); no ``spec``: a legacy one."""
-    import torch
-
-    from napari_milkd.core.engine.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("tiny", "random")
-    payload = {
-        "stage": "student",
-        "backbone": "tiny",
-        "config": TrainConfig(backbone="tiny", size=64, device="cpu").to_dict(),
-        "epoch": 1,
-        "complete": True,
-        "model": model.state_dict(),
-        "history": [],
-        "best_epoch": 1,
-        "best_score": None,
-    }
-    if spec is not None:
-        payload["spec"] = spec.to_dict()
-    save_checkpoint(folder / "student.pt", payload)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose spec says 1 µm/px, 64-px tiles, default overlap."""
-    return _run(tmp_path_factory.mktemp("run"), ModelSpec(mpp=1.0, tile=64, backbone="tiny"))
+    return _run(tmp_path_factory.mktemp("run"), spec=TINY_SPEC)
 
 
 @pytest.fixture(scope="module")
 def legacy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint from before the spec: it does not say at which µm/px it was trained."""
-    return _run(tmp_path_factory.mktemp("legacy"), None)
+    return _run(tmp_path_factory.mktemp("legacy"), spec=None)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +158,7 @@ def test_predict_runs_at_the_checkpoints_mpp(
 ) -> None:
     """Regression: a model trained at 0.5 µm/px is predicted at 0.5 µm/px, with its spec's tile overlap
     (the old code ignored the spec and ran every such model at 1.0 µm/px with 1/8 overlap)."""
-    run = _run(tmp_path / "run", ModelSpec(mpp=0.5, tile=64, overlap=16, backbone="tiny"))
+    run = _run(tmp_path / "run", spec=ModelSpec(mpp=0.5, tile=64, overlap=16, backbone="tiny"))
     out = tmp_path / "out"
     argv = ["predict", "--run", str(run), str(slides[0]), "--out", str(out), "--device", "cpu", "--json"]
     assert main([*argv, "--batch-size", "32"]) == 0

@@ -41,8 +41,13 @@ def _slide(path: Path, seed: int = 0, mpp: float = 0.5) -> Path:
     return path
 
 
-def _run(folder: Path, seed: int = 0) -> Path:
-    """A run folder with a tiny random student at 1 µm/px, 64-px tiles."""
+#: The input spec of the tiny test models: 1 µm/px, 64-px tiles, default overlap.
+TINY_SPEC = ModelSpec(mpp=1.0, tile=64, backbone="tiny")
+
+
+def _run(folder: Path, seed: int = 0, spec: ModelSpec | None = TINY_SPEC) -> Path:
+    """A `milkd train`-like run folder with a tiny random student (64-px tiles); ``spec=None``: a legacy
+    checkpoint from before the spec, which does not say at which µm/px it was trained."""
     import torch
 
     from napari_milkd.core.engine.models import build_model
@@ -60,8 +65,9 @@ def _run(folder: Path, seed: int = 0) -> Path:
         "history": [],
         "best_epoch": 1,
         "best_score": None,
-        "spec": ModelSpec(mpp=1.0, tile=64, backbone="tiny").to_dict(),
     }
+    if spec is not None:
+        payload["spec"] = spec.to_dict()
     save_checkpoint(folder / "student.pt", payload)
     return folder
 
