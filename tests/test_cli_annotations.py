@@ -11,40 +11,7 @@ import shapely
 
 from napari_milkd.cli import main
 from napari_milkd.core.annotations import polygons_to_mask, read_asap_xml, read_geojson
-
-
-def _feature(x0: float, kind: str, classification: object, **extra: object) -> dict:
-    ring = [[x0, 0], [x0 + 10, 0], [x0 + 10, 10], [x0, 10], [x0, 0]]
-    props: dict = {"objectType": kind}
-    if classification is not None:
-        props["classification"] = classification
-    props.update(extra)
-    return {
-        "type": "Feature",
-        "id": f"0b7c5b5e-0000-4000-8000-{int(x0):012d}",
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "properties": props,
-    }
-
-
-def qupath_export(path: Path) -> Path:
-    """A QuPath 0.5 export of a slide with annotations, detections, cells and a tile."""
-    features = [
-        _feature(0, "annotation", {"name": "Tumor", "color": [200, 0, 0]}, isLocked=True),
-        _feature(20, "annotation", {"names": ["Tumor", "Positive"], "color": [200, 50, 50]}),
-        _feature(40, "annotation", "Tumor: Positive"),
-        _feature(60, "annotation", {"names": ["Stroma", "Positive"], "color": [150, 200, 150]}),
-        _feature(80, "annotation", {"name": "Ignore*", "color": [180, 180, 180]}),
-        _feature(100, "annotation", {"name": "Necrosis", "color": [50, 50, 50]}),
-        _feature(120, "annotation", None),
-        _feature(140, "annotation", {"name": "Non-Tumor", "color": [0, 0, 200]}),
-        _feature(160, "annotation", {"name": "Other"}, measurements={"Num Detections": 3}),
-        *[_feature(200 + i, "detection", {"name": "Tumor"}) for i in range(3)],
-        *[_feature(300 + i, "cell", {"names": ["Tumor", "Positive"]}) for i in range(4)],
-        _feature(400, "tile", None),
-    ]
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return path
+from qupath_files import qupath_export
 
 
 def test_json_is_exactly_one_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

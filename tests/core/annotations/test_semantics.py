@@ -28,40 +28,7 @@ from napari_milkd.core.annotations import (
 )
 from napari_milkd.core.annotations.io import annotation_report
 from napari_milkd.core.errors import InputError
-
-
-def _feature(x0: float, kind: str, classification: object, **extra: object) -> dict:
-    ring = [[x0, 0], [x0 + 10, 0], [x0 + 10, 10], [x0, 10], [x0, 0]]
-    props: dict = {"objectType": kind}
-    if classification is not None:
-        props["classification"] = classification
-    props.update(extra)
-    return {
-        "type": "Feature",
-        "id": f"0b7c5b5e-0000-4000-8000-{int(x0):012d}",
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "properties": props,
-    }
-
-
-def qupath_export(path: Path) -> Path:
-    """A QuPath 0.5 export of a slide with annotations, detections, cells and a tile."""
-    features = [
-        _feature(0, "annotation", {"name": "Tumor", "color": [200, 0, 0]}, isLocked=True),
-        _feature(20, "annotation", {"names": ["Tumor", "Positive"], "color": [200, 50, 50]}),
-        _feature(40, "annotation", "Tumor: Positive"),
-        _feature(60, "annotation", {"names": ["Stroma", "Positive"], "color": [150, 200, 150]}),
-        _feature(80, "annotation", {"name": "Ignore*", "color": [180, 180, 180]}),
-        _feature(100, "annotation", {"name": "Necrosis", "color": [50, 50, 50]}),
-        _feature(120, "annotation", None),
-        _feature(140, "annotation", {"name": "Non-Tumor", "color": [0, 0, 200]}),
-        _feature(160, "annotation", {"name": "Other"}, measurements={"Num Detections": 3}),
-        *[_feature(200 + i, "detection", {"name": "Tumor"}) for i in range(3)],
-        *[_feature(300 + i, "cell", {"names": ["Tumor", "Positive"]}) for i in range(4)],
-        _feature(400, "tile", None),
-    ]
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return path
+from qupath_files import qupath_export, qupath_feature
 
 
 def test_qupath_object_types_and_derived_classes(tmp_path: Path) -> None:
@@ -197,7 +164,7 @@ def test_qupath_02_legacy_object_types(tmp_path: Path) -> None:
 
 def test_only_detections_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "cells.geojson"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [_feature(0, "cell", None)]}))
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [qupath_feature(0, "cell", None)]}))
     with pytest.raises(InputError, match=r"no annotations to read \(skipped 1 cell; only annotation"):
         read_geojson(path)
     assert len(read_geojson(path, object_types=("annotation", "cell"))) == 1
