@@ -2,9 +2,10 @@
 
 Every long job in the core (training, prediction, slide jobs, cohort jobs) is a generator that yields small
 event dataclasses and returns its result. The widget runs it in a worker thread; the CLI, the headless
-demo, benchmarks and tests call :func:`drain`. :func:`describe` turns any of those events into the one
-line a status bar, a log or a progress bar shows. Events are recognised by their fields, so this module
-imports nothing from the engine or inference (bottom layer: the standard library only).
+demo, benchmarks and tests call :func:`drain`; :func:`relay` re-words one job's events inside another.
+:func:`describe` turns any of those events into the one line a status bar, a log or a progress bar
+shows. Events are recognised by their fields, so this module imports nothing from the engine or
+inference (bottom layer: the standard library only).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ def drain(gen: Generator[Any, None, R], on_event: Callable[[Any], None] | None =
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def relay(gen: Generator[Any, None, R], transform: Callable[[Any], Any]) -> Generator[Any, None, R]:
+    """A job generator whose events are ``transform(event)`` and whose result is ``gen``'s; closing it
+    (a cancelled job) closes ``gen``."""
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(event)
+    finally:
+        gen.close()
 
 
 def progress_of(event: Any) -> tuple[int, int] | None:

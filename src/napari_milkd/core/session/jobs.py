@@ -21,6 +21,7 @@ import numpy as np
 from napari_milkd.core.engine.config import TrainConfig, TrainEvent, TrainResult
 from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.inference.stream import predict_map
+from napari_milkd.core.progress import relay
 from napari_milkd.core.runtime import free_device_memory
 from napari_milkd.core.session.labels import slide_bags
 from napari_milkd.core.slides.geometry import SlideWork
@@ -132,13 +133,11 @@ def slide_stage_job(
             stage=f"{stage} map",
             out=buffer,
         )
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                probability = stop.value
-                break
-            yield MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
+
+        def preview(event: Any) -> MapPreview:
+            return MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
+
+        probability = yield from relay(gen, preview)
         del model
         free_device_memory()
     finally:
