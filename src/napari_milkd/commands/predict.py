@@ -106,9 +106,18 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 
 def _bar(total: int, desc: str, unit: str) -> Any:
+    """A bar of finished slides on a terminal; in a log none (each slide's summary line says it)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=True,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def _local_workers(args: argparse.Namespace, n_slides: int) -> int:
