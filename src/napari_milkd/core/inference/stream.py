@@ -118,10 +118,12 @@ def blend_window(size: int) -> np.ndarray:
 
 
 class InferenceRuntime:
-    """Device-dependent inference settings: where the model runs, bf16 autocast and channels_last on
-    CUDA, optional ``torch.compile``, pinned host buffers for batches.
+    """Device-dependent inference settings: where the model runs, bf16 autocast on CUDA, channels_last
+    on CUDA and CPU, optional ``torch.compile``, pinned host buffers for batches.
 
-    On CPU (and MPS) the model runs in float32, NCHW, uncompiled unless ``compile=True``.
+    On CPU the model runs in float32, channels_last (1.3–1.5× the NCHW forward of efficientnet_lite0 on
+    2 cores with identical masks: ``benchmarks/bench_cpu_infer.py``, ``docs/benchmarks.md``), uncompiled
+    unless ``compile=True``; on MPS in float32, NCHW.
     """
 
     def __init__(self, device: str = "auto", *, amp: bool = True, compile: bool = False) -> None:
@@ -132,7 +134,7 @@ class InferenceRuntime:
         self.device: torch.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.amp = bool(amp) and self.cuda
-        self.channels_last = self.cuda
+        self.channels_last = self.cuda or self.device.type == "cpu"
         self.compile = bool(compile)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
