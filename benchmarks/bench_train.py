@@ -29,9 +29,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(config: TrainConfig, batch: int, steps: int, warmup: int) -> dict[str, float]:
-    """images/s of the teacher step and the student step at ``config.size`` for one batch size."""
+def bench(
+    config: TrainConfig, batch: int, steps: int, warmup: int, channels_last: bool | None = None
+) -> dict[str, float]:
+    """images/s of the teacher step and the student step at ``config.size`` for one batch size;
+    ``channels_last`` overrides the runtime's memory format (``None``: the engine's choice)."""
     rt = _Runtime(config)
+    if channels_last is not None:
+        rt.channels_last = channels_last
     gen = torch.Generator().manual_seed(0)
     images = rt.stage_data(torch.randint(0, 256, (batch, config.size, config.size, 3), generator=gen,
                                          dtype=torch.uint8).numpy())  # fmt: skip
@@ -87,6 +92,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 steps after 1 warm-up (CPU)")
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA")
+    parser.add_argument(
+        "--compare-layouts",
+        action="store_true",
+        help="NCHW and channels_last alternately in one run (ratio = channels_last / NCHW)",
+    )
     args = parser.parse_args()
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     config = TrainConfig(backbone=args.backbone, weights="random", size=args.size, device=args.device,
@@ -106,6 +116,17 @@ def main() -> None:
         "steps": steps,
         "results": {str(b): bench(config, b, steps, warmup) for b in args.batches},
     }
+    if args.compare_layouts:
+        layouts: dict[str, dict[str, dict[str, float]]] = {}
+        for b in args.batches:
+            runs = {"nchw": [], "channels_last": []}
+            for _ in range(2):  # alternate, so the machine's load falls on both alike
+                runs["nchw"].append(bench(config, b, steps, warmup, channels_last=False))
+                runs["channels_last"].append(bench(config, b, steps, warmup, channels_last=True))
+            mean = {k: {m: sum(r[m] for r in v) / len(v) for m in v[0]} for k, v in runs.items()}
+            mean["ratio"] = {m: round(mean["channels_last"][m] / mean["nchw"][m], 2) for m in mean["nchw"]}
+            layouts[str(b)] = mean
+        out["layouts"] = layouts
     print(json.dumps(out))
 
 

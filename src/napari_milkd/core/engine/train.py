@@ -78,6 +78,9 @@ class _Runtime:
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
         self.amp = self.cuda and config.amp
+        #: NHWC memory on CUDA and CPU: a training step of efficientnet_lite0 is 1.7–2.3× the NCHW one on
+        #: 2 CPU cores (docs/benchmarks.md, "Training throughput").
+        self.channels_last = self.cuda or self.device.type == "cpu"
         #: Batch size for evaluation passes; lowered when training runs out of GPU memory.
         self.batch_size = config.batch_size
         if self.cuda:
@@ -90,7 +93,7 @@ class _Runtime:
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
-        if self.cuda:
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
 
@@ -129,7 +132,7 @@ class _Runtime:
             both = augment(both, generator)
             x, e = (both, None) if e is None else (both[:, :3], both[:, 3:])
         x = x.float().div_(255)
-        if self.cuda:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, e
 
