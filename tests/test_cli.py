@@ -87,6 +87,7 @@ def test_demo_headless_runs_teacher_student_export(tmp_path: Path) -> None:
 
     picture = iio.imread(out / "overview.png")
     assert picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 10
+    assert (picture[5:8, 5:8] == 255).all()  # the legend's white box at the top left
 
 
 def test_demo_headless_on_slide_without_mpp_needs_mpp(tcga_svs: Path, tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ def _train_and_export(session: Any, args: argparse.Namespace, timings: dict[str,
 
 def _overview(session: Any, sample: Any, student: np.ndarray | None) -> tuple[np.ndarray, float]:
     """A picture of the slide (≤ 1600 px) with tissue tinted, tile borders, the true tumour outline (cyan)
-    and the student's mask outline (yellow)."""
+    and the student's mask outline (yellow; holes smaller than a tile's area filled, for the picture
+    only), and a legend saying so."""
     from skimage.transform import resize
 
     from napari_milkd.core.slides.slide import open_slide
@@ -204,7 +205,7 @@ def _overview(session: Any, sample: Any, student: np.ndarray | None) -> tuple[np
     ds = lv.downsample * step
     shape = rgb.shape[:2]
     tint = resize(work.tissue.mask.astype(np.float32), shape, order=0) > 0.5
-    rgb[tint] = 0.85 * rgb[tint] + 0.15 * np.array([0, 160, 0])
+    rgb[tint] = 0.75 * rgb[tint] + 0.25 * np.array([0, 160, 0])
     out = rgb.astype(np.uint8)
     grid = work.grid
     for i in range(len(grid)):
@@ -212,15 +213,37 @@ def _overview(session: Any, sample: Any, student: np.ndarray | None) -> tuple[np
         y1, x1 = min(y1, shape[0] - 1), min(x1, shape[1] - 1)
         out[y0, x0:x1] = out[y1, x0:x1] = (90, 90, 90)
         out[y0:y1, x0] = out[y0:y1, x1] = (90, 90, 90)
+    legend = [("tissue (tint)", (0, 160, 0)), ("tiles", (90, 90, 90))]
     if student is not None:
         from skimage.measure import find_contours
+        from skimage.morphology import remove_small_holes
 
-        small = resize(student.astype(np.float32), shape, order=0)
+        filled = remove_small_holes(student > 0, max_size=grid.tile * grid.tile)
+        small = resize(filled.astype(np.float32), shape, order=0)
         for contour in find_contours(small, 0.5):
             _draw_closed_polyline(out, contour, (255, 200, 0))
+        legend.append(("student mask", (255, 200, 0)))
     if sample is not None:
         _draw_closed_polyline(out, sample.tumour_polygon_l0[:, ::-1] / ds, (0, 229, 255))
-    return out, ds
+        legend.append(("true tumour", (0, 229, 255)))
+    return _with_legend(out, legend), ds
+
+
+def _with_legend(image: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """``image`` with a small white legend box (a colour swatch and a name per entry) at its top left."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    row, pad, swatch = 18, 8, 12
+    width = pad * 3 + swatch + 7 * max(len(name) for name, _ in entries)
+    box = (4, 4, 4 + width, 4 + pad * 2 + row * len(entries))
+    draw.rectangle(box, fill=(255, 255, 255), outline=(0, 0, 0))
+    for i, (name, color) in enumerate(entries):
+        y = 4 + pad + i * row
+        draw.rectangle((4 + pad, y + 2, 4 + pad + swatch, y + 2 + swatch), fill=color, outline=(0, 0, 0))
+        draw.text((4 + pad * 2 + swatch, y), name, fill=(0, 0, 0))
+    return np.asarray(picture)
 
 
 def _draw_closed_polyline(image: np.ndarray, rc: np.ndarray, color: tuple[int, int, int]) -> None:
