@@ -27,7 +27,8 @@ def test_ome_zarr_labels_round_trip_and_metadata(tmp_path: Path, tricky: np.ndar
     np.testing.assert_array_equal(back, labels)
     assert downsample == 4.0
     root = json.loads((target / "zarr.json").read_text())
-    assert root["zarr_format"] == 3 and root["attributes"]["ome"] == {"version": "0.5"}
+    assert root["zarr_format"] == 3 and root["attributes"]["ome"]["version"] == "0.5"
+    assert root["attributes"]["ome"]["multiscales"][0]["name"] == "image"  # an image at the root
     assert json.loads((target / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"] == [
         "teacher"
     ]
@@ -42,6 +43,7 @@ def test_ome_zarr_labels_round_trip_and_metadata(tmp_path: Path, tricky: np.ndar
     assert scale == {"type": "scale", "scale": [2.0, 2.0]}  # mpp·ds
     assert translation == {"type": "translation", "translation": [0.75, 0.75]}  # mpp·(ds−1)/2
     assert meta["image-label"]["colors"] == [{"label-value": 1, "rgba": [255, 0, 0, 128]}]
+    assert meta["image-label"]["properties"] == [{"label-value": 1, "class": "Tumor"}]
     array = json.loads((target / "labels" / "teacher" / "0" / "zarr.json").read_text())
     assert array["data_type"] == "uint8" and array["dimension_names"] == ["y", "x"]
 

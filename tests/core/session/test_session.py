@@ -126,6 +126,24 @@ def test_exports_use_one_policy(trained: SlideSession, tmp_path: Path) -> None:
         trained.export("teacher", "png", tmp_path / "t.png")
 
 
+def test_ome_zarr_export_is_valid_ngff(trained: SlideSession, tmp_path: Path) -> None:
+    """The widget's OME-Zarr export (issue 12): an NGFF 0.5 image at the root with the stage's mask under
+    ``labels/``, validated by ome-zarr-models, and read back as it was."""
+    pytest.importorskip("ome_zarr_models")
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    from napari_milkd.core.annotations import read_ome_zarr_labels
+
+    target = trained.export("teacher", "ome-zarr", tmp_path / "t.zarr")
+    image = Image.from_zarr(zarr.open_group(str(target), mode="r"))
+    assert image.labels is not None and image.labels.label_paths == ["teacher"]
+    assert len(image.datasets[0]) >= 2  # a pyramid
+    labels, downsample = read_ome_zarr_labels(target, "teacher")
+    np.testing.assert_array_equal(labels, trained.mask("teacher") > 0)
+    assert downsample == pytest.approx(trained.work.downsample)
+
+
 def test_geojson_export_is_relative_to_the_slide_bounds(trained: SlideSession, tmp_path: Path) -> None:
     """QuPath shows a slide with ``openslide.bounds-x/y`` cropped to its bounds: exported coordinates
     are shifted by the offset, so the export lands where the import of the same file would."""

@@ -64,6 +64,7 @@ from .geometry import (
 )
 from .model import RGB, RGBA, Annotation, AnnotationWarning, Geometry, ImportResult
 from .omezarr import (
+    DEFAULT_CLASS_NAMES,
     DEFAULT_LABEL_COLORS,
     ome_multiscales,
     ome_zarr_transform,
@@ -77,6 +78,7 @@ __all__ = [
     "CLASS_LABELS",
     "DEFAULT_CLASS_COLORS",
     "DEFAULT_CLASS_MAP",
+    "DEFAULT_CLASS_NAMES",
     "DEFAULT_CLASS_TO_LABEL",
     "DEFAULT_LABEL_COLORS",
     "EXCLUSION",

@@ -1,7 +1,8 @@
 """OME-Zarr (NGFF 0.5, zarr v3) labels: :func:`write_ome_zarr_labels`, :func:`read_ome_zarr_labels`.
 
-Owns the NGFF placement of masks (:func:`ome_zarr_transform`, :func:`ome_multiscales`; origin at the
-centre of pixel ``(0, 0)``), the label colours and the atomic folder replacement (``_replace_folder``).
+Owns the NGFF placement of masks and their pyramids (:func:`ome_zarr_transform`, :func:`ome_multiscales`,
+:func:`pyramid_levels`; origin at the centre of pixel ``(0, 0)``), the label colours and class names,
+and the atomic folder replacement (``_replace_folder``).
 May import numpy, zarr (lazily), the standard library, :mod:`.model` and ``core.errors``.
 """
 
@@ -20,6 +21,11 @@ from napari_milkd.core.annotations.model import RGBA
 from napari_milkd.core.errors import InputError, write_error
 
 DEFAULT_LABEL_COLORS: dict[int, RGBA] = {1: (200, 0, 0, 255), 2: (112, 112, 225, 255)}
+#: Class names written to ``image-label`` ``properties`` (QuPath's names for these colours); values
+#: without one are ``"label N"``.
+DEFAULT_CLASS_NAMES: dict[int, str] = {1: "Tumor", 2: "Normal"}
+#: A pyramid stops once its longer side is at most this many pixels.
+PYRAMID_SMALLEST = 256
 
 
 def ome_zarr_transform(mpp: float | None, downsample: float) -> tuple[list[float], list[float]]:
@@ -37,26 +43,86 @@ def ome_zarr_transform(mpp: float | None, downsample: float) -> tuple[list[float
     return [s, s], [t, t]
 
 
-def ome_multiscales(name: str, mpp: float | None, downsample: float) -> list[dict[str, Any]]:
-    """NGFF 0.5 ``multiscales`` for one 2-D level made at ``downsample`` (axes y/x, µm when ``mpp`` is known,
-    scale and translation from :func:`ome_zarr_transform`), its array at path ``"0"``."""
-    scale, translation = ome_zarr_transform(mpp, downsample)
+def ome_multiscales(
+    name: str, mpp: float | None, downsample: float, *, levels: int = 1, channel: bool = False
+) -> list[dict[str, Any]]:
+    """NGFF 0.5 ``multiscales`` for a 2-D image made at ``downsample``: axes y/x (µm when ``mpp`` is
+    known), preceded by a ``c`` channel axis when ``channel``; ``levels`` arrays at paths ``"0"``,
+    ``"1"``, ... where level ``k`` is level 0 halved ``k`` times, so it sits at downsample ``ds·2ᵏ``
+    (scale and translation from :func:`ome_zarr_transform`: ``scale = u·ds·2ᵏ``,
+    ``translation = u·(ds·2ᵏ − 1)/2``, the centre of level-``k`` pixel 0 in NGFF's centre-origin frame)."""
     unit = {"unit": "micrometer"} if mpp is not None else {}
-    return [
-        {
-            "name": name,
-            "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
-            "datasets": [
-                {
-                    "path": "0",
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": scale},
-                        {"type": "translation", "translation": translation},
-                    ],
-                }
-            ],
-        }
+    axes: list[dict[str, Any]] = [
+        {"name": "y", "type": "space", **unit},
+        {"name": "x", "type": "space", **unit},
     ]
+    if channel:
+        axes.insert(0, {"name": "c", "type": "channel"})
+    datasets = []
+    for k in range(max(1, int(levels))):
+        scale, translation = ome_zarr_transform(mpp, float(downsample) * 2**k)
+        if channel:
+            scale, translation = [1.0, *scale], [0.0, *translation]
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": translation},
+                ],
+            }
+        )
+    return [{"name": name, "axes": axes, "datasets": datasets}]
+
+
+def pyramid_levels(shape: tuple[int, ...], *, smallest: int = PYRAMID_SMALLEST, most: int = 12) -> int:
+    """How many levels a 2-D pyramid over ``shape`` (rows, cols) gets: level 0, then halvings (rounding
+    up) until the longer side is at most ``smallest`` px; always at least 2 levels, at most ``most``."""
+    rows, cols = int(shape[0]), int(shape[1])
+    n = 1
+    while n < most and (n < 2 or max(rows, cols) > smallest):
+        rows, cols = -(-rows // 2), -(-cols // 2)
+        n += 1
+    return n
+
+
+def _halve_nearest(labels: np.ndarray) -> np.ndarray:
+    """Next pyramid level of a label map (y, x): every second pixel (nearest, values stay labels)."""
+    return labels[::2, ::2]
+
+
+def _halve_mean(image: np.ndarray) -> np.ndarray:
+    """Next pyramid level of an image (c, y, x) or (y, x): the mean of each 2×2 block (edge pixels
+    repeated when a side is odd), rounded back to the image's dtype for integers."""
+    rows, cols = image.shape[-2:]
+    pad = [(0, 0)] * (image.ndim - 2) + [(0, rows % 2), (0, cols % 2)]
+    padded = np.pad(image, pad, mode="edge")
+    if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize <= 2:
+        wide = padded.astype(np.int32 if image.dtype.itemsize == 2 else np.uint16)
+        total = wide[..., 0::2, 0::2] + wide[..., 1::2, 0::2] + wide[..., 0::2, 1::2] + wide[..., 1::2, 1::2]
+        return ((total + 2) // 4).astype(image.dtype)
+    wide = padded.astype(np.float64)
+    mean = (wide[..., 0::2, 0::2] + wide[..., 1::2, 0::2] + wide[..., 0::2, 1::2] + wide[..., 1::2, 1::2]) / 4
+    return (np.rint(mean) if np.issubdtype(image.dtype, np.integer) else mean).astype(image.dtype)
+
+
+def _write_pyramid(
+    group: Any, levels: list[np.ndarray], dims: tuple[str, ...], chunk: int, fill_value: int | float = 0
+) -> None:
+    side = max(1, int(chunk))
+    for k, data in enumerate(levels):
+        chunks = tuple(min(side, max(1, n)) for n in data.shape[-2:])
+        if len(dims) == 3:
+            chunks = (data.shape[0], *chunks)
+        array = group.create_array(
+            str(k),
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            fill_value=fill_value,
+            dimension_names=dims,
+        )
+        array[...] = data
 
 
 def _check_label_name(name: str) -> None:
@@ -72,17 +138,25 @@ def write_ome_zarr_labels(
     mpp: float | None,
     downsample: float,
     colors: Mapping[int, RGBA] | None = None,
+    class_names: Mapping[int, str] | None = None,
+    image: np.ndarray | None = None,
     chunk: int = 512,
 ) -> Path:
-    """Write ``labels`` as an OME-Zarr (NGFF 0.5, zarr v3) image-label at ``path/labels/<name>``.
+    """Write an OME-Zarr (NGFF 0.5, zarr v3) image with ``labels`` as image-label ``labels/<name>``.
 
-    The root group declares ``ome.version = "0.5"``, ``labels/`` lists ``[name]``, and
-    ``labels/<name>`` holds array ``0`` (``uint8``, ``chunk``² chunks, dimension names y, x) with
-    ``multiscales`` (axes y/x, unit micrometer when ``mpp`` is known, else pixels; transforms from
-    :func:`ome_zarr_transform`: ``scale = mpp·ds``, ``translation = mpp·(ds−1)/2``) and ``image-label``
-    (``colors`` as ``label-value``/``rgba``). Also ``milkd`` facts (downsample, mpp) for the round trip.
-    The folder is written next to the target under a temporary name and renamed onto it; an existing
-    target is moved aside first and deleted only after the rename. Returns ``path``.
+    The root is a multiscales image: ``image`` (the slide at the mask's resolution, ``(y, x, c)`` RGB
+    stored as ``(c, y, x)`` with a channel axis, or ``(y, x)``), or, when none is given, the labels
+    themselves as a single-channel ``uint8`` image, so every reader (ome-zarr-py, napari-ome-zarr, the
+    NGFF validators) finds an image with its labels. ``labels/`` lists ``[name]``; ``labels/<name>``
+    holds ``uint8`` arrays (``chunk``² chunks, dimension names y, x) with ``multiscales`` and
+    ``image-label``: ``colors`` (``label-value``/``rgba``), ``properties`` (``label-value``/``class``:
+    ``class_names`` over :data:`DEFAULT_CLASS_NAMES`, else ``"label N"``) for every coloured value, and
+    ``source`` pointing at the root image. Image and labels share one pyramid (:func:`pyramid_levels`):
+    level ``k`` is level 0 halved ``k`` times (labels: nearest, image: 2×2 mean), placed by
+    :func:`ome_multiscales` (level 0: ``scale = mpp·ds``, ``translation = mpp·(ds−1)/2``; axes in µm
+    when ``mpp`` is known, else level-0 pixels). Also ``milkd`` facts (downsample, mpp) for the round
+    trip. The folder is written next to the target under a temporary name and renamed onto it; an
+    existing target is moved aside first and deleted only after the rename. Returns ``path``.
     """
     import zarr
 
@@ -97,36 +171,52 @@ def write_ome_zarr_labels(
         labels = labels.astype(np.uint8)
     if not downsample > 0 or (mpp is not None and not mpp > 0):
         raise InputError(f"{target}: downsample and µm/px must be positive")
+    if image is None:
+        root_image, channel = labels, False
+    else:
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or image.shape[:2] != labels.shape:
+            raise InputError(
+                f"{target}: image must be (rows, cols[, channels]) of the labels' shape {labels.shape}, "
+                f"got {image.shape}"
+            )
+        root_image, channel = (np.moveaxis(image, -1, 0), True) if image.ndim == 3 else (image, False)
     palette = dict(DEFAULT_LABEL_COLORS if colors is None else colors)
+    names = {**DEFAULT_CLASS_NAMES, **(class_names or {})}
+    levels = pyramid_levels(labels.shape)
+    label_levels, image_levels = [labels], [np.ascontiguousarray(root_image)]
+    for _ in range(levels - 1):
+        label_levels.append(_halve_nearest(label_levels[-1]))
+        image_levels.append(_halve_mean(image_levels[-1]))
     ome_label = {
         "version": "0.5",
-        "multiscales": ome_multiscales(name, mpp, downsample),
+        "multiscales": ome_multiscales(name, mpp, downsample, levels=levels),
         "image-label": {
             "colors": [
                 {"label-value": int(v), "rgba": [int(c) for c in rgba]} for v, rgba in sorted(palette.items())
             ],
+            "properties": [
+                {"label-value": int(v), "class": names.get(int(v), f"label {int(v)}")}
+                for v in sorted(palette)
+            ],
+            "source": {"image": "../../"},
         },
     }
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.attrs["ome"] = {"version": "0.5"}
+        root.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": ome_multiscales("image", mpp, downsample, levels=levels, channel=channel),
+        }
+        _write_pyramid(root, image_levels, ("c", "y", "x") if channel else ("y", "x"), chunk)
         group = root.create_group("labels")
         group.attrs["ome"] = {"version": "0.5", "labels": [name]}
         label_group = group.create_group(name)
         label_group.attrs["ome"] = ome_label
         label_group.attrs["milkd"] = {"downsample": float(downsample), "mpp": mpp}
-        side = max(1, int(chunk))
-        array = label_group.create_array(
-            "0",
-            shape=labels.shape,
-            chunks=(min(side, max(1, labels.shape[0])), min(side, max(1, labels.shape[1]))),
-            dtype="uint8",
-            fill_value=0,
-            dimension_names=("y", "x"),
-        )
-        array[...] = labels
+        _write_pyramid(label_group, label_levels, ("y", "x"), chunk)
         _replace_folder(tmp, target)
     except OSError as exc:
         raise write_error(target, exc) from exc

@@ -512,7 +512,7 @@ def _create_prediction_zarr(
     """Create (replacing) the prediction hierarchy; return ``(probability, mask)`` arrays."""
     import zarr
 
-    from napari_milkd.core.annotations import DEFAULT_LABEL_COLORS, ome_multiscales
+    from napari_milkd.core.annotations import DEFAULT_CLASS_NAMES, DEFAULT_LABEL_COLORS, ome_multiscales
 
     if path.exists():  # only ever a prediction of ours (check_prediction_target) or our own aside folder
         shutil.rmtree(path)
@@ -530,6 +530,7 @@ def _create_prediction_zarr(
         "multiscales": ome_multiscales(MASK_LABEL, mpp_l0, downsample),
         "image-label": {
             "colors": [{"label-value": 1, "rgba": list(DEFAULT_LABEL_COLORS[1])}],
+            "properties": [{"label-value": 1, "class": DEFAULT_CLASS_NAMES[1]}],
             "source": {"image": "../../"},
         },
     }
