@@ -108,7 +108,7 @@ class SlideForm(QWidget):
         self.all_free = QPushButton("All tumour-free")
         self.all_free.setToolTip("Mark all tissue tumour-free (a negative slide); painted tumour is kept")
         self.import_button = QPushButton("Import…")
-        self.import_button.setToolTip("QuPath GeoJSON or ASAP XML: Tumor → contains tumour, others → free")
+        self.import_button.setToolTip("QuPath GeoJSON or ASAP XML; shows each class and its label first")
         self.bag_note = QLabel("")
         self.bag_note.setWordWrap(True)
 

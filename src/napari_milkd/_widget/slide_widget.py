@@ -26,6 +26,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
+from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
@@ -203,14 +204,14 @@ class SlideWidget(SlideForm):
             layer.refresh()
             self._on_weak_edit()
 
-    def import_regions(self, path: str | Path) -> None:
-        """Add regions from a QuPath GeoJSON or ASAP XML file (Tumor → contains tumour, others → free)."""
+    def import_regions(self, path: str | Path, class_map: dict[str, str] | None = None) -> None:
+        """Add regions from a QuPath GeoJSON or ASAP XML file; ``class_map`` (class → label) wins."""
         layer, session = self.weak_layer(), self._prepared()
         if layer is None or session is None:
             notify_error("prepare the slide first")
             return
         try:
-            summary = session.import_annotations(path)
+            summary = session.import_annotations(path, class_map=class_map)
         except (MilkdError, OSError) as exc:
             notify_error(exc)
             return
@@ -218,14 +219,19 @@ class SlideWidget(SlideForm):
         self._on_weak_edit()
         for warning in summary.warnings[:3]:
             notify_warning(warning)
-        notify_info(f"imported {summary.n_regions} regions from {Path(path).name}")
+        notify_info(import_message(summary, Path(path).name))
+
+    def review_import(self, path: str | Path) -> ClassMapDialog | None:
+        """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
+        return class_map_dialog(self._prepared(), path, self, self.import_regions)
 
     def _import_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
+        path = QFileDialog.getOpenFileName(
             self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
-        )
-        if path:
-            self.import_regions(path)
+        )[0]
+        if path and (dialog := self.review_import(path)) is not None:
+            dialog.exec()
+            dialog.deleteLater()
 
     def _on_weak_edit(self, *_: object) -> None:
         """A stroke or a new map in the weak-labels layer (whose data is the session's map)."""
