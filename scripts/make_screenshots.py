@@ -72,6 +72,37 @@ def folder_screenshot(glas: Path, backbone: str, epochs: int) -> None:
     viewer.close()
 
 
+def import_dialog_screenshot(widget: object) -> None:
+    """The Import… class table for a QuPath export with derived classes, an unknown class and cells."""
+    import json
+    import tempfile
+
+    def feature(x: int, kind: str, classification: object) -> dict:
+        ring = [[x, 600], [x + 400, 600], [x + 400, 1000], [x, 1000], [x, 600]]
+        return {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": kind, "classification": classification},
+        }
+
+    features = [
+        feature(800, "annotation", {"name": "Tumor", "color": [200, 0, 0]}),
+        feature(1400, "annotation", {"names": ["Stroma", "Positive"], "color": [150, 200, 150]}),
+        feature(2000, "annotation", {"name": "Ignore*", "color": [180, 180, 180]}),
+        feature(2600, "annotation", {"name": "Margin"}),
+        *[feature(3000 + 10 * i, "cell", {"names": ["Tumor", "Positive"]}) for i in range(12)],
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "qupath-export.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        dialog = widget.review_import(path)
+        dialog.show()
+        wait(lambda: True)
+        dialog.grab().save(str(OUT / "import-classes.png"))
+        print("wrote", OUT / "import-classes.png")
+        dialog.reject()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -103,6 +134,8 @@ def main() -> None:
     viewer.layers[f"{prefix} weak labels"].visible = False
     viewer.reset_view()
     shot(viewer, "slide-widget-tiles")
+
+    import_dialog_screenshot(widget)
 
     viewer.layers[f"{prefix} weak labels"].visible = True
     viewer.layers[f"{prefix} tiles"].visible = False
