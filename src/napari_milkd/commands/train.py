@@ -1,4 +1,9 @@
-"""``milkd train``: MIL teacher then IFKD student (or the fully supervised net) on an image folder.
+"""``milkd train``: MIL teacher then IFKD student (or the fully supervised net) on an image folder, or
+(``--slides MANIFEST.csv``) on whole slides with region annotations.
+
+The slide mode reads the manifest, makes tile bags per slide (capped per slide) and a validation split by
+slide through :mod:`napari_milkd.core.session.cohort_training`, then trains exactly as the folder mode
+does; ``docs/cli.md`` ("milkd train --slides") describes the manifest and ``config.json``.
 
 Writes ``RUN_DIR/teacher.pt``, ``RUN_DIR/student.pt`` (a full-supervision run writes only
 ``student.pt``), ``RUN_DIR/config.json`` and ``RUN_DIR/history.jsonl`` (one JSON line per epoch).
@@ -26,12 +31,22 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_milkd.core.engine.config import BACKBONES
 from napari_milkd.core.engine.presets import PRESET_NAMES, schedule
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import InputError, write_error
+
+if TYPE_CHECKING:
+    from napari_milkd.core.engine.config import TrainConfig
+    from napari_milkd.core.engine.datasets import BagSet
+
+#: ``--work-mpp`` when not given (``milkd demo``'s default working resolution).
+DEFAULT_WORK_MPP = 1.0
+#: ``--max-bags-per-slide`` when not given: ``core.session.cohort_training.DEFAULT_MAX_BAGS_PER_SLIDE``
+#: (repeated here so the CLI starts without numpy; a test keeps the two in step).
+DEFAULT_MAX_BAGS_PER_SLIDE = 512
 
 #: The flags a preset sets and an explicit value overrides (argparse dest → TrainConfig field).
 _SCHEDULE_FLAGS = (
@@ -50,22 +65,51 @@ _SCHEDULE_FLAGS = (
 )
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, masks_required: bool) -> None:
-    """The image-folder arguments shared by ``train`` and ``evaluate``."""
-    parser.add_argument("--images", required=True, help="folder of images (png, jpg, tif, bmp)")
-    parser.add_argument("--labels", required=True, help="CSV with one row per image")
-    parser.add_argument("--name-column", required=True, help="CSV column with the image name")
-    parser.add_argument("--label-column", required=True, help="CSV column with the bag label")
-    parser.add_argument("--positive", required=True, help="label value meaning tumour (positive bag)")
-    parser.add_argument(
-        "--masks", required=masks_required, help="folder of ground-truth masks named like the images"
-    )
+#: The image-folder flags (argparse dest) that ``--images`` needs.
+_FOLDER_FLAGS = ("labels", "name_column", "label_column", "positive")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, masks_required: bool, slides_help: str) -> None:
+    """The data arguments shared by ``train`` and ``evaluate``: an image folder (``--images`` with its
+    label CSV) or, mutually exclusive with it, a slide manifest (``--slides``, described by
+    ``slides_help``). The folder flags are checked by :func:`check_folder_arguments`."""
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--images", help="folder of images (png, jpg, tif, bmp)")
+    mode.add_argument("--slides", metavar="MANIFEST.csv", help=slides_help)
+    parser.add_argument("--labels", help="CSV with one row per image (with --images)")
+    parser.add_argument("--name-column", help="CSV column with the image name (with --images)")
+    parser.add_argument("--label-column", help="CSV column with the bag label (with --images)")
+    parser.add_argument("--positive", help="label value meaning tumour (positive bag; with --images)")
+    needed = " (needed with --images)" if masks_required else ""
+    parser.add_argument("--masks", help=f"folder of ground-truth masks named like the images{needed}")
+
+
+def check_folder_arguments(args: argparse.Namespace, masks_required: bool) -> None:
+    """Refuse (one line) an ``--images`` run without its label CSV flags, or a ``--slides`` run given them."""
+    flags = (*_FOLDER_FLAGS, "masks")
+    if args.slides is not None:
+        given = [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, None) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} belong to --images; a --slides manifest says it per slide")
+        return
+    missing = [f"--{f.replace('_', '-')}" for f in _FOLDER_FLAGS if getattr(args, f) is None]
+    if masks_required and args.masks is None:
+        missing.append("--masks")
+    if missing:
+        raise InputError(f"--images needs {', '.join(missing)}")
 
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
-    p = subparsers.add_parser("train", help="train a MIL teacher and a distilled student on image bags")
-    add_data_arguments(p, masks_required=False)
+    p = subparsers.add_parser(
+        "train", help="train a MIL teacher and a distilled student on image bags or annotated slides"
+    )
+    add_data_arguments(
+        p,
+        masks_required=False,
+        slides_help="CSV manifest of slides with their region annotations (columns slide, annotations, "
+        "label, mpp, split; see docs/cli.md); exclusive with --images",
+    )
     p.add_argument("--out", required=True, help="run folder for checkpoints, config and history")
     p.add_argument("--patient-column", help="CSV column grouping images by patient for the validation split")
     p.add_argument(
@@ -80,6 +124,25 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="UM",
         help="µm/px of the images, recorded in the checkpoints (default: unknown; predict then needs --mpp)",
+    )
+    p.add_argument(
+        "--work-mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="with --slides: working resolution in µm/px, recorded in the checkpoints "
+        f"(default {DEFAULT_WORK_MPP:g})",
+    )
+    p.add_argument(
+        "--tile", type=int, default=None, metavar="PX", help="with --slides: tile side in px (same as --size)"
+    )
+    p.add_argument("--class-map", help="with --slides: class → label file (JSON object or CSV 'class,label')")
+    p.add_argument(
+        "--max-bags-per-slide",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --slides: at most N tile bags from each slide (default {DEFAULT_MAX_BAGS_PER_SLIDE})",
     )
     p.add_argument("--backbone", default=None, help=f"one of {', '.join(BACKBONES)} (default: the preset's)")
     p.add_argument(
@@ -163,8 +226,16 @@ def _refuse(out: Path, what: str, then: Any = None, now: Any = None) -> InputErr
     )
 
 
-def _check_resume(out: Path, meta: dict[str, Any], checkpoints: tuple[Path, ...]) -> None:
-    """Refuse (one line, before any write) a ``--resume`` whose arguments differ from the run's."""
+def _check_resume(
+    out: Path,
+    meta: dict[str, Any],
+    checkpoints: tuple[Path, ...],
+    data_fields: tuple[tuple[str, str], ...] = _DATA_FIELDS,
+    mpp_flag: str = "--image-mpp",
+) -> None:
+    """Refuse (one line, before any write) a ``--resume`` whose arguments differ from the run's:
+    the config, the ``data_fields`` of ``config.json`` (key, what to call it) and the spec's µm/px
+    (given by ``mpp_flag``)."""
     from napari_milkd.core.engine.checkpoint import checkpoint_config, load_checkpoint
 
     new_config = meta["config"]
@@ -183,14 +254,14 @@ def _check_resume(out: Path, meta: dict[str, Any], checkpoints: tuple[Path, ...]
             if key in old_config and key not in _FREE_ON_RESUME and old_config[key] != value:
                 raise _refuse(out, f"--{key.replace('_', '-')}", old_config[key], value)
         old_data = old.get("data") if isinstance(old.get("data"), dict) else {}
-        for key, what in _DATA_FIELDS:
-            if key in old_data and old_data[key] != meta["data"][key]:
-                shown = key not in ("labels_sha256",)
-                raise _refuse(out, what, *((old_data[key], meta["data"][key]) if shown else ()))
+        for key, what in data_fields:
+            if key in old_data and old_data[key] != meta["data"].get(key):
+                shown = not key.endswith("sha256")
+                raise _refuse(out, what, *((old_data[key], meta["data"].get(key)) if shown else ()))
         old_mpp = (old.get("spec") or {}).get("mpp") if isinstance(old.get("spec"), dict) else None
         new_mpp = meta["spec"]["mpp"]
         if old_mpp is not None and new_mpp is not None and abs(old_mpp - new_mpp) > 1e-9 * old_mpp:
-            raise _refuse(out, "--image-mpp", old_mpp, new_mpp)
+            raise _refuse(out, mpp_flag, old_mpp, new_mpp)
     for ckpt in checkpoints:
         if not ckpt.exists():
             continue
@@ -202,15 +273,24 @@ def _check_resume(out: Path, meta: dict[str, Any], checkpoints: tuple[Path, ...]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the bags, split by patient, train, and write the run folder."""
-    from napari_milkd.commands._progress import ProgressPrinter
-    from napari_milkd.core.engine.card import folder_provenance
-    from napari_milkd.core.engine.config import EpochEnd, RoleReversal
-    from napari_milkd.core.engine.datasets import load_image_folder, read_label_table
-    from napari_milkd.core.progress import drain
-
+    """Train from an image folder (``--images``) or from annotated slides (``--slides``)."""
+    check_folder_arguments(args, masks_required=False)
     if args.backbone is not None and args.backbone not in BACKBONES:
         raise InputError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if args.slides is not None:
+        return _run_slides(args)
+    slide_flags = ("work_mpp", "tile", "class_map", "max_bags_per_slide")
+    given = [f"--{f.replace('_', '-')}" for f in slide_flags if getattr(args, f) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} belong to --slides")
+    return _run_folder(args)
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    """Load the bags, split by patient, train, and write the run folder."""
+    from napari_milkd.core.engine.card import folder_provenance
+    from napari_milkd.core.engine.datasets import load_image_folder, read_label_table
+
     if args.supervision == "full" and not args.masks:
         raise InputError("--supervision full needs --masks")
     if args.select_on == "masks" and not args.masks:
@@ -260,7 +340,6 @@ def run(args: argparse.Namespace) -> int:
     )
     # torch is imported only now, so bad input is reported without waiting for it.
     from napari_milkd.core.engine.checkpoint import load_checkpoint
-    from napari_milkd.core.engine.train import distill_student, train_teacher
 
     meta = {
         "preset": args.preset,
@@ -306,9 +385,157 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
 
+    return _train(out, config, train, val, spec, card, args.resume)
+
+
+#: ``config.json`` data fields of a ``--slides`` run compared on ``--resume``, and what to call them.
+_SLIDE_DATA_FIELDS = (
+    ("slides", "--slides"),
+    ("manifest_sha256", "the content of the manifest"),
+    ("annotations_sha256", "the content of the annotation files"),
+    ("class_map", "--class-map"),
+    ("class_map_sha256", "the content of the class map"),
+    ("max_bags_per_slide", "--max-bags-per-slide"),
+    ("train", "the training slides"),
+    ("val", "the validation slides"),
+)
+
+
+def _run_slides(args: argparse.Namespace) -> int:
+    """``--slides``: tile bags from every slide of the manifest, a validation split by slide, then the
+    same training as an image folder (see ``docs/cli.md``, "milkd train --slides")."""
+    from napari_milkd.commands._progress import ProgressPrinter
+    from napari_milkd.core.annotations.io import class_map_from
+    from napari_milkd.core.engine.card import slide_provenance
+    from napari_milkd.core.progress import drain
+    from napari_milkd.core.session.cohort_manifest import read_training_manifest
+    from napari_milkd.core.session.cohort_training import cohort_bags, sha256_of, split_by_slide
+    from napari_milkd.core.slides.sample import is_sample_slide
+
+    if args.supervision == "full" or args.select_on == "masks":
+        raise InputError(
+            "--slides trains from region annotations (weak supervision); --supervision full and "
+            "--select-on masks need pixel masks, which only --images gives"
+        )
+    for flag in ("image_mpp", "patient_column"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag.replace('_', '-')} belongs to --images (with --slides see --work-mpp)")
+    work_mpp = DEFAULT_WORK_MPP if args.work_mpp is None else args.work_mpp
+    if not work_mpp > 0:
+        raise InputError(f"--work-mpp must be positive, got {work_mpp}")
+    if args.tile is not None and args.size is not None and args.tile != args.size:
+        raise InputError(f"--tile {args.tile} and --size {args.size} disagree (they are the same setting)")
+    cap = DEFAULT_MAX_BAGS_PER_SLIDE if args.max_bags_per_slide is None else args.max_bags_per_slide
+    if cap < 1:
+        raise InputError(f"--max-bags-per-slide must be at least 1, got {cap}")
+    flags = {flag: getattr(args, flag) for flag in _SCHEDULE_FLAGS}
+    flags["size"] = args.tile if args.tile is not None else args.size
+    config = schedule(args.preset, **flags, supervision="weak", select_on="weak", device=args.device)
+    spec = ModelSpec.for_config(config, mpp=work_mpp)
+    out = Path(args.out)
+    teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
+    if not args.resume and (teacher_ckpt.exists() or student_ckpt.exists()):
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if config.weights not in ("default", "imagenet", "random") and not Path(config.weights).is_file():
+        raise InputError(f"weights file not found: {config.weights}")
+    slides = read_training_manifest(args.slides)
+    class_map = class_map_from(args.class_map)
+    manifest = Path(args.slides).resolve()
+    progress = ProgressPrinter()
+    with progress:
+        per_slide = drain(
+            cohort_bags(
+                slides,
+                work_mpp=work_mpp,
+                tile=config.size,
+                class_map=class_map,
+                max_bags_per_slide=cap,
+                seed=config.seed,
+            ),
+            progress,
+        )
+    split = split_by_slide(per_slide, config.val_fraction, config.seed)
+    data = {
+        "slides": str(manifest),
+        "manifest_sha256": sha256_of([manifest])[0],
+        "annotations_sha256": sha256_of([s.annotations for s in slides]),
+        "class_map": None if args.class_map is None else str(Path(args.class_map).resolve()),
+        "class_map_sha256": None if args.class_map is None else sha256_of([args.class_map])[0],
+        "max_bags_per_slide": cap,
+        "train": split.train_slides,
+        "val": split.val_slides,
+        "split": split.how,
+        "per_slide": [
+            {
+                "slide": str(s.slide.slide.resolve()),
+                "split": s.slide.split,
+                "positive_tiles": s.n_positive,
+                "negative_tiles": s.n_negative,
+                "bags_used": s.n_used,
+            }
+            for s in per_slide
+        ],
+    }
+    meta = {"preset": args.preset, "config": config.to_dict(), "spec": spec.to_dict(), "data": data}
+    resuming = args.resume and (
+        teacher_ckpt.exists() or student_ckpt.exists() or (out / "config.json").is_file()
+    )
+    if resuming:  # everything is checked before anything is written
+        _check_resume(out, meta, (teacher_ckpt, student_ckpt), _SLIDE_DATA_FIELDS, "--work-mpp")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    if not (out / "config.json").is_file() or not resuming:
+        _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    for s in per_slide:
+        for warning in s.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(
+            f"slide {s.slide.name}: {s.n_positive} positive, {s.n_negative} negative tiles; "
+            f"{s.n_used} bags used",
+            file=sys.stderr,
+        )
+    for note in split.notes:
+        print(f"note: {note}", file=sys.stderr)
+    n_val = 0 if split.val is None else len(split.val)
+    n_val_pos = 0 if split.val is None else split.val.n_pos
+    print(
+        f"bags: {len(split.train)} train ({split.train.n_pos} positive) "
+        f"from {len(split.train_slides)} slides, "
+        f"{n_val} validation ({n_val_pos} positive) from {len(split.val_slides)} slides ({split.how})",
+        file=sys.stderr,
+    )
+    card = slide_provenance(
+        [str(s.slide.resolve()) for s in slides],
+        sample_only=all(is_sample_slide(s.slide) for s in slides),
+        negative=["tumour-free regions", "slides labelled negative"],
+        preset=args.preset,
+    )
+    return _train(out, config, split.train, split.val, spec, card, args.resume)
+
+
+def _train(
+    out: Path,
+    config: TrainConfig,
+    train: BagSet,
+    val: BagSet | None,
+    spec: ModelSpec,
+    card: dict[str, Any],
+    resume: bool,
+) -> int:
+    """Train the teacher then the student (or the full-supervision net) into ``out``, keeping
+    ``history.jsonl`` and showing progress; the part both data modes share."""
+    from napari_milkd.commands._progress import ProgressPrinter
+    from napari_milkd.core.engine.checkpoint import load_checkpoint
+    from napari_milkd.core.engine.config import EpochEnd, RoleReversal
+    from napari_milkd.core.engine.train import distill_student, train_teacher
+    from napari_milkd.core.progress import drain
+
+    teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
     history: list[dict[str, Any]] = []
     for ckpt in (teacher_ckpt, student_ckpt):
-        if args.resume and ckpt.exists():
+        if resume and ckpt.exists():
             history += list(load_checkpoint(ckpt)["history"])
 
     def record(event: Any) -> None:
@@ -337,13 +564,13 @@ def run(args: argparse.Namespace) -> int:
 
     progress = ProgressPrinter()
     if config.supervision == "full":
-        result = drive(train_teacher(train, val, config, student_ckpt, args.resume, spec=spec, card=card))
+        result = drive(train_teacher(train, val, config, student_ckpt, resume, spec=spec, card=card))
         print(f"full supervision: best epoch {result.best_epoch}, checkpoint {student_ckpt}", file=sys.stderr)
         return 0
-    teacher = drive(train_teacher(train, val, config, teacher_ckpt, args.resume, spec=spec, card=card))
+    teacher = drive(train_teacher(train, val, config, teacher_ckpt, resume, spec=spec, card=card))
     print(f"teacher: best epoch {teacher.best_epoch}, checkpoint {teacher_ckpt}", file=sys.stderr)
     student = drive(
-        distill_student(train, val, config, teacher_ckpt, student_ckpt, args.resume, spec=spec, card=card)
+        distill_student(train, val, config, teacher_ckpt, student_ckpt, resume, spec=spec, card=card)
     )
     print(
         f"student: best epoch {student.best_epoch}, role reversals after epochs {student.switches}, "

@@ -117,6 +117,43 @@ class BagSet:
             eval_masks=None if self.eval_masks is None else [self.eval_masks[i] for i in idx],
         )
 
+    @classmethod
+    def concat(cls, sets: Sequence[BagSet]) -> BagSet:
+        """One :class:`BagSet` holding the bags of ``sets`` in order (e.g. the tile bags of several slides).
+
+        Images must share one size. Groups, hard labels and masks are kept when every set has them and
+        dropped when none has; a mix (some sets with, some without) raises :class:`InputError`. Skipped
+        names and notes are concatenated.
+        """
+        if not sets:
+            raise InputError("no bags to concatenate")
+        sizes = {s.images.shape[1:] for s in sets}
+        if len(sizes) > 1:
+            raise InputError(f"bags of different image sizes cannot be combined: {sorted(sizes)}")
+
+        def joined(attr: str) -> np.ndarray | None:
+            parts = [getattr(s, attr) for s in sets]
+            if all(p is None for p in parts):
+                return None
+            if any(p is None for p in parts):
+                raise InputError(f"some bag sets have {attr.replace('_', ' ')} and some do not")
+            return np.concatenate(parts)
+
+        eval_masks = None
+        if all(s.eval_masks is not None for s in sets):
+            eval_masks = [m for s in sets for m in s.eval_masks or []]
+        return cls(
+            images=np.concatenate([s.images for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]).astype(np.uint8),
+            names=[n for s in sets for n in s.names],
+            groups=joined("groups"),
+            hard_labels=joined("hard_labels"),
+            masks=joined("masks"),
+            eval_masks=eval_masks,
+            skipped=[n for s in sets for n in s.skipped],
+            notes=[n for s in sets for n in s.notes],
+        )
+
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[BagSet, BagSet]:
         """Split into (train, validation); grouped by ``groups`` (patients) when set; seeded.
 
