@@ -127,7 +127,7 @@ def main() -> None:
     viewer.reset_view()
     shot(viewer, "slide-widget")
 
-    prefix = "milkd sample slide"
+    prefix = "milkd synthetic sample"
     widget.prepare_button.click()
     wait(lambda: f"{prefix} weak labels" in viewer.layers and training.worker is None)
     viewer.layers["true tumour (sample)"].visible = True

@@ -16,7 +16,7 @@ from napari_milkd.core.annotations.io import annotation_report, read_annotations
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
 from qupath_files import qupath_export
 
-WEAK = "milkd sample slide weak labels"
+WEAK = "milkd synthetic sample weak labels"
 #: Level-0 squares (x0, y0) of side SIDE, one per object; the sample slide is 4608 × 3072.
 SIDE = 400
 SQUARES = {

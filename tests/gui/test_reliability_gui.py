@@ -24,7 +24,7 @@ from napari_milkd.core.session.labels import NO_OPINION
 from napari_milkd.core.slides.geometry import tissue_map
 from napari_milkd.core.slides.sample import coarse_regions
 
-WEAK = "milkd sample slide weak labels"
+WEAK = "milkd synthetic sample weak labels"
 
 
 def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
@@ -112,7 +112,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     result = TrainResult(stage="teacher", epochs=1, best_epoch=1, best_score=None, checkpoint=None)
     widget.session.accept(StageOutput("teacher", probability, result, 1, 1))
     widget.show_stage("teacher")
-    assert "milkd sample slide teacher mask" in viewer.layers and widget.export_button.isEnabled()
+    assert "milkd synthetic sample teacher mask" in viewer.layers and widget.export_button.isEnabled()
     widget.export_stage.setCurrentText("teacher")
     (tmp_path / "a_file").write_text("x")
     target = [str(tmp_path / "a_file" / "teacher.geojson")]
@@ -155,7 +155,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     assert any("cannot read checkpoint" in m for m in _messages(before)), _messages(before)
     assert "failed: " in widget.training.status.text()
     assert widget.train_teacher_button.isEnabled() and not widget.training.cancel_button.isEnabled()
-    assert "milkd sample slide preview" not in viewer.layers
+    assert "milkd synthetic sample preview" not in viewer.layers
 
     # Still usable: a good export works.
     target[0] = str(tmp_path / "ok.geojson")

@@ -53,14 +53,14 @@ def test_sample_slide_and_widget_prepare(
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
     viewer.open_sample("napari-milkd", "sample_slide")
-    slide = viewer.layers["milkd sample slide"]
+    slide = viewer.layers["milkd synthetic sample"]
     truth = viewer.layers["true tumour (sample)"]
     assert slide.multiscale and len(slide.data) == 3
     assert isinstance(truth, Shapes) and tuple(truth.scale) == pytest.approx((0.5, 0.5))
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
     assert isinstance(widget, SlideWidget)
-    assert widget.layer_combo.currentText() == "milkd sample slide"
+    assert widget.layer_combo.currentText() == "milkd synthetic sample"
     assert "0.5000 × 0.5000 µm/px" in widget.facts.text()
     assert "reads level 0" in widget.level_note.text()  # 1 µm/px needs level 0 (0.5), not level 1 (2.0)
     assert not widget.train_teacher_button.isEnabled()  # nothing prepared yet
@@ -74,9 +74,9 @@ def test_sample_slide_and_widget_prepare(
     qtbot.waitUntil(lambda: "tissue tiles of" in widget.result_note.text(), timeout=60_000)
     qtbot.waitUntil(lambda: widget.training.worker is None, timeout=10_000)
     work = widget.session.work
-    tissue = viewer.layers["milkd sample slide tissue"]
-    tiles = viewer.layers["milkd sample slide tiles"]
-    weak = viewer.layers["milkd sample slide weak labels"]
+    tissue = viewer.layers["milkd synthetic sample tissue"]
+    tiles = viewer.layers["milkd synthetic sample tiles"]
+    weak = viewer.layers["milkd synthetic sample weak labels"]
     for layer in (tissue, tiles, weak):
         assert isinstance(layer, Labels) and not layer.multiscale and layer.editable
         assert layer.data.shape == work.shape
@@ -87,7 +87,8 @@ def test_sample_slide_and_widget_prepare(
     tissue_extent = tissue.extent.world[1] - tissue.extent.world[0]
     assert tissue_extent == pytest.approx(slide_extent, rel=0.01)
     assert 0.3 < tissue.data.mean() < 0.8
-    assert widget.paint_tumour.isEnabled() and widget.train_teacher_button.isEnabled()
+    assert widget.paint_tumour.isEnabled() and not widget.train_teacher_button.isEnabled()  # no weak labels
+    assert "paint or import both positive and negative regions first" in widget.train_teacher_button.toolTip()
     truth.visible = True
     viewer.reset_view()
     qtbot.wait(200)
@@ -100,8 +101,9 @@ def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
     assert "unknown" in widget.facts.text()
     assert not widget.mpp_apply.isHidden()
+    assert not widget.prepare_button.isEnabled() and "µm/px" in widget.prepare_button.toolTip()
     before = len(notification_manager.records)
-    widget.prepare_button.click()
+    widget.start_prepare()
     assert widget.training.worker is None and widget.session is None  # refused, with a notification
     assert any("µm/px" in str(n.message) for n in notification_manager.records[before:])
     widget.mpp_spin.setValue(0.25)
@@ -111,3 +113,4 @@ def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot
     assert layer.metadata["milkd_slide"]["mpp_source"] == "user"
     assert "0.2500 × 0.2500 µm/px" in widget.facts.text()
     assert widget.mpp_apply.isHidden()
+    assert widget.prepare_button.isEnabled()

@@ -26,7 +26,7 @@ from napari_milkd.core.slides.geometry import tissue_map
 from napari_milkd.core.slides.sample import coarse_regions
 from napari_milkd.core.slides.slide import open_slide
 
-PREFIX = "milkd sample slide"
+PREFIX = "milkd synthetic sample"
 
 
 def _open(
@@ -89,12 +89,11 @@ def test_end_to_end_teacher_correction_student_export(
     assert fresh_project.name in widget.result_note.text()
     assert not widget.train_student_button.isEnabled() and not widget.export_button.isEnabled()
 
-    # Refuses to train without both kinds of bags, with a notification.
-    before = len(notification_manager.records)
-    widget.train_teacher_button.click()
-    assert widget.training.worker is None
-    assert any("cannot train without positive" in m for m in _messages(before)), _messages(before)
+    # Without both kinds of bags training is sure to fail: greyed, and its tooltip says why.
+    assert not widget.train_teacher_button.isEnabled()
+    assert "paint or import both positive and negative regions first" in widget.train_teacher_button.toolTip()
     _paint_weak_labels(viewer, widget)
+    assert widget.train_teacher_button.isEnabled() and "Disabled" not in widget.train_teacher_button.toolTip()
     pos, neg = widget.session.bag_counts()
     assert pos > 0 and neg > 0
     assert f"{pos}</b> positive" in widget.bag_note.text()

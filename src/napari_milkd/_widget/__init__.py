@@ -7,7 +7,8 @@ napari, magicgui, superqt, numpy and :mod:`napari_milkd.core`; never torch (impo
 widget never imports torch"), so opening the widget does not load CUDA.
 
 Modules: :mod:`.slide_widget` (:class:`SlideWidget`, one slide's workflow over a ``SlideSession``),
-:mod:`.slide_form` (its controls and slide facts), :mod:`.slide_layers` (working-resolution layers over
+:mod:`.slide_form` (its controls and slide facts), :mod:`.slide_buttons` (which buttons
+may be pressed, and why not), :mod:`.slide_layers` (working-resolution layers over
 the slide, preview, camera), :mod:`.class_map_dialog` (an import's class table, shown before painting),
 :mod:`.training_panel` (the shared training form and job runner), :mod:`.folder_widget`
 (:class:`ImageFolderWidget`, image folders with image-level labels) and :mod:`.qt_helpers` (loss plot,

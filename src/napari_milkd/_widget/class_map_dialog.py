@@ -172,10 +172,9 @@ def _named(classes: Iterable[Any]) -> str:
 
 
 def import_message(summary: Any, file_name: str) -> str:
-    """The notification after an import: regions, every class with its label, what was skipped."""
-    text = f"imported {summary.n_regions} regions from {file_name}"
-    if summary.classes:
-        text += f": {_named(summary.classes)}"
+    """The notification after an import: regions on the first line; every class with its label, and
+    what was skipped, on the next (seen when the toast is expanded)."""
+    details = [_named(summary.classes)] if summary.classes else []
     if summary.skipped:
-        text += "; skipped " + ", ".join(f"{n} {kind}" for kind, n in summary.skipped.items())
-    return text
+        details.append("skipped " + ", ".join(f"{n} {kind}" for kind, n in summary.skipped.items()))
+    return "\n".join([f"imported {summary.n_regions} regions from {file_name}", "; ".join(details)]).strip()

@@ -20,26 +20,32 @@ from napari_milkd.core.errors import MilkdError
 PREFIX = "milkd: "
 
 
+def _toast(message: str, detail: str | None) -> str:
+    """napari's toast shows the first line (elided); the detail is there when it is expanded."""
+    return PREFIX + message + (f"\n{detail}" if detail else "")
+
+
 def error_text(exc: BaseException) -> str:
     """A user-facing line for an exception: our own messages as they are, others with their type."""
     return str(exc) if isinstance(exc, MilkdError) else f"{type(exc).__name__}: {exc}"
 
 
-def notify_error(message: str | BaseException) -> str:
-    """Show ``message`` (or an exception: :func:`error_text`) as one error notification; return its text."""
+def notify_error(message: str | BaseException, detail: str | None = None) -> str:
+    """Show ``message`` (or an exception: :func:`error_text`) as one error notification, ``detail`` on
+    the lines below it; return the message."""
     text = error_text(message) if isinstance(message, BaseException) else message
-    show_error(PREFIX + text)
+    show_error(_toast(text, detail))
     return text
 
 
-def notify_warning(message: str) -> None:
-    """Show ``message`` as a warning notification."""
-    show_warning(PREFIX + message)
+def notify_warning(message: str, detail: str | None = None) -> None:
+    """Show ``message`` as a warning notification (``detail`` below it, seen when expanded)."""
+    show_warning(_toast(message, detail))
 
 
-def notify_info(message: str) -> None:
-    """Show ``message`` as an information notification."""
-    show_info(PREFIX + message)
+def notify_info(message: str, detail: str | None = None) -> None:
+    """Show ``message`` as an information notification (``detail`` below it, seen when expanded)."""
+    show_info(_toast(message, detail))
 
 
 def fmt_mpp(value: float | None) -> str:

@@ -16,6 +16,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -28,6 +29,7 @@ from qtpy.QtWidgets import (
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META
 from napari_milkd._widget.qt_helpers import fmt_mpp, notify_info, stack_in_scroll_area
+from napari_milkd._widget.slide_buttons import SlideState, button_reasons
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
 from napari_milkd._widget.training_panel import TrainingPanel
 from napari_milkd.core.slides.slide import level_for_mpp
@@ -37,7 +39,12 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-NO_SLIDE = "Open a slide (File ▸ Open, or File ▸ Open Sample ▸ milkd)."
+#: Menu paths the form's hints quote, as napari shows them (a GUI test checks them in the running app).
+OPEN_MENU = ("File", "Open File(s)…")
+SAMPLE_MENU = ("File", "Open Sample", "Synthetic H&E slide with a tumour (milkd)")
+NO_SLIDE = (
+    f"Open a slide: drag it here or use {' ▸ '.join(OPEN_MENU)}; or the sample: {' ▸ '.join(SAMPLE_MENU)}."
+)
 #: Export formats in the order of the format box, as :meth:`SlideSession.export` names them.
 EXPORT_FORMATS = (
     ("QuPath GeoJSON", "geojson", ".geojson"),
@@ -114,13 +121,16 @@ class SlideForm(QWidget):
 
         self.training = TrainingPanel()
         self.train_teacher_button = QPushButton("Train teacher")
+        self.train_teacher_button.setToolTip("Train the teacher on the weak labels, then predict the slide.")
         self.train_student_button = QPushButton("Distil student")
+        self.train_student_button.setToolTip("Distil the student from the teacher and your corrections.")
         self.next_round_button = QPushButton("Next round")
         self.next_round_button.setToolTip(
             "The student (with your corrections) becomes the teacher; distil again."
         )
 
         self.review_button = QPushButton("Next region to review")
+        self.review_button.setToolTip("Go to the tile where the models disagree most (or are least sure).")
         self.review_note = QLabel("")
         self.review_note.setWordWrap(True)
         self.export_stage = QComboBox()
@@ -128,7 +138,11 @@ class SlideForm(QWidget):
         self.export_format = QComboBox()
         self.export_format.addItems([text for text, _, _ in EXPORT_FORMATS])
         self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Write the chosen mask (with your corrections) in the chosen format.")
+        #: Each workflow button's own tooltip; a greyed button's tooltip says why instead.
+        self._tooltips = {name: getattr(self, name).toolTip() for name in button_reasons(SlideState())}
         self._lay_out()
+        self.export_stage.currentIndexChanged.connect(lambda *_: self._update_buttons())
         self.layer_combo.currentIndexChanged.connect(self._show_facts)
         self.target_spin.valueChanged.connect(self._show_facts)
         self.mpp_apply.clicked.connect(self._apply_mpp)
@@ -173,6 +187,14 @@ class SlideForm(QWidget):
         """``(stage, format, file suffix)`` chosen in section 4."""
         _, fmt, suffix = EXPORT_FORMATS[self.export_format.currentIndex()]
         return self.export_stage.currentText(), fmt, suffix
+
+    def ask_export_path(self, start: Path, fmt: str) -> str:
+        """Where to export (a save dialog starting at ``start``); empty when the user cancels."""
+        if fmt == "ome-zarr":
+            return QFileDialog.getSaveFileName(
+                self, "Export OME-Zarr labels", str(start), "OME-Zarr (*.zarr)"
+            )[0]
+        return QFileDialog.getSaveFileName(self, "Export mask", str(start), f"*{start.suffix}")[0]
 
     # --- the slide layer ---------------------------------------------------------------------------
 
@@ -237,7 +259,9 @@ class SlideForm(QWidget):
             return
         self.target_spin.setValue(float(work_mpp))
         self.tile_spin.setValue(tile)
-        notify_info(f"working at {work_mpp:g} µm/px with {tile} px tiles, as saved in {where}")
+        notify_info(
+            f"working at {work_mpp:g} µm/px with {tile} px tiles, as saved", f"project folder: {where}"
+        )
 
     def show_bags(self, positive: int, negative: int) -> None:
         """Say how many bags (tiles) of each kind the weak labels give."""
@@ -248,20 +272,15 @@ class SlideForm(QWidget):
 
     def _update_buttons(self) -> None:
         """Enable what may be pressed now (the widget knows more: it overrides this)."""
-        has_slide = self.selected_layer() is not None
-        self.enable(has_slide=has_slide, prepared=False, busy=False, teacher=False, student=False, maps=False)
+        layer = self.selected_layer()
+        info = None if layer is None else info_from_layer(layer)
+        self.enable(SlideState(has_slide=info is not None, has_mpp=info is not None and info.has_mpp))
 
-    def enable(
-        self, *, has_slide: bool, prepared: bool, busy: bool, teacher: bool, student: bool, maps: bool
-    ) -> None:
-        """Enable what may be pressed now: ``teacher``/``student`` have a model, ``maps`` a mask to show."""
-        self.prepare_button.setEnabled(has_slide and not busy)
-        for button in (self.paint_tumour, self.paint_free, self.all_free, self.import_button):
-            button.setEnabled(prepared and not busy)
-        self.train_teacher_button.setEnabled(prepared and not busy)
-        self.train_student_button.setEnabled(prepared and not busy and teacher)
-        self.next_round_button.setEnabled(prepared and not busy and student)
-        self.training.cancel_button.setEnabled(busy)
-        self.review_button.setEnabled(prepared and maps)
-        self.export_button.setEnabled(prepared and maps and not busy)
-        self.training.progress.setVisible(busy)
+    def enable(self, state: SlideState) -> None:
+        """Enable what may be pressed in ``state``; a greyed button's tooltip says what is missing."""
+        for name, reason in button_reasons(state).items():
+            button = getattr(self, name)
+            button.setEnabled(reason is None)
+            button.setToolTip(self._tooltips[name] if reason is None else f"Disabled: {reason}.")
+        self.training.cancel_button.setEnabled(state.busy)
+        self.training.progress.setVisible(state.busy)

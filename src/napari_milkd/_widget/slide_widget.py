@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
+from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
     MASK_COLORS,
@@ -65,6 +66,7 @@ class SlideWidget(SlideForm):
         self.session: SlideSession | None = None
         self.layers = SlideLayers(napari_viewer)
         self._planned: tuple[str, SlideSession] | None = None
+        self._bags = (0, 0)  # positive and negative bags of the prepared slide
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._autosave = QTimer(self, singleShot=True, interval=600)
         self._autosave.timeout.connect(self.save_session)
@@ -96,15 +98,12 @@ class SlideWidget(SlideForm):
         return self.session if self.session is not None and self.session.work is not None else None
 
     def _update_buttons(self) -> None:
-        session = self._prepared()
-        self.enable(
-            has_slide=self.selected_layer() is not None,
-            prepared=session is not None,
-            busy=self.training.worker is not None,
-            teacher=session is not None and session.has_model("teacher"),
-            student=session is not None and session.has_model("student"),
-            maps=session is not None and bool(session.probabilities),
+        layer, busy, stage = self.selected_layer(), self.training.worker is not None, self.export_stage
+        slide = None if layer is None else info_from_layer(layer)
+        state = SlideState.of(
+            self._prepared(), slide=slide, busy=busy, bags=self._bags, export_stage=stage.currentText()
         )
+        self.enable(state)
 
     # --- 1 · prepare -----------------------------------------------------------------------------
 
@@ -168,7 +167,7 @@ class SlideWidget(SlideForm):
         for stage in STAGES:
             self.show_stage(stage)
         if restored:
-            notify_info(f"restored {', '.join(restored)} from {session.project.root}")
+            notify_info(f"restored {', '.join(restored)}", f"project folder: {session.project.root}")
         grid = work.grid
         self.result_note.setText(
             f"{len(grid)} tissue tiles of {grid.tile} px at {grid.mpp:g} µm/px (level {grid.level}); "
@@ -249,7 +248,9 @@ class SlideWidget(SlideForm):
         self._autosave.start()
 
     def _update_bag_note(self) -> None:
-        self.show_bags(*(self.session.bag_counts() if self.session is not None else (0, 0)))
+        self._bags = self.session.bag_counts() if self.session is not None else (0, 0)
+        self.show_bags(*self._bags)
+        self._update_buttons()
 
     # --- 3 · training ----------------------------------------------------------------------------
 
@@ -350,6 +351,7 @@ class SlideWidget(SlideForm):
         gap = session.disagreement()
         if gap is not None:
             self.layers.put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
+        self.export_stage.setCurrentText(stage)  # the newest mask is the one to export
         self._update_buttons()
 
     def collect_corrections(self) -> None:
@@ -384,7 +386,7 @@ class SlideWidget(SlideForm):
         try:
             self.session.save()
         except OSError as exc:
-            notify_error(f"could not save to {self.session.project.root}: {exc}")
+            notify_error("could not save the project", f"{self.session.project.root}: {exc}")
 
     # --- 4 · review and export -------------------------------------------------------------------
 
@@ -409,11 +411,10 @@ class SlideWidget(SlideForm):
         if session is None:
             return
         stage, fmt, suffix = self.export_choice()
-        start = str(session.project.exports / f"{stage}{suffix}")
-        if fmt == "ome-zarr":
-            path = QFileDialog.getSaveFileName(self, "Export OME-Zarr labels", start, "OME-Zarr (*.zarr)")[0]
-        else:
-            path = QFileDialog.getSaveFileName(self, "Export mask", start, f"*{suffix}")[0]
+        if session.mask(stage) is None:
+            notify_error(no_mask_reason(stage, session.has_model(stage)))
+            return
+        path = self.ask_export_path(session.project.exports / f"{stage}{suffix}", fmt)
         if not path:
             return
         self._flush_edits()
@@ -422,4 +423,5 @@ class SlideWidget(SlideForm):
         except (MilkdError, OSError) as exc:
             notify_error(f"export failed: {error_text(exc)}")
             return
-        notify_info(f"wrote {written}")
+        gone = self.layers.get(f"{stage} mask") is None  # the session's mask, edits included, is written
+        notify_info(f"wrote {written.name}" + (" (its mask layer was deleted)" if gone else ""), str(written))

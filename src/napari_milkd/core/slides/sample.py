@@ -14,6 +14,7 @@ nucleated blob (the "tumour"), on a white glass background. The tumour outline i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +120,17 @@ def _nuclei(
     return np.clip((field - 0.35) * 2.2, 0.0, 1.0)
 
 
-def render_sample(seed: int = _SEED) -> np.ndarray:
-    """Render level 0 of the sample slide, ``SAMPLE_SHAPE + (3,)`` uint8 RGB (deterministic)."""
+#: The steps :func:`ensure_sample_slide` reports to ``on_step`` while it generates the slide.
+GENERATION_STEPS = ("staining the tissue", "placing nuclei", "colouring", "writing the pyramidal TIFF")
+
+
+def render_sample(seed: int = _SEED, on_step: Callable[[str], None] | None = None) -> np.ndarray:
+    """Render level 0 of the sample slide, ``SAMPLE_SHAPE + (3,)`` uint8 RGB (deterministic);
+    ``on_step`` hears the first three :data:`GENERATION_STEPS` as they start."""
     from scipy import ndimage
 
+    step = on_step or (lambda _: None)
+    step(GENERATION_STEPS[0])
     rng = np.random.default_rng(seed)
     h, w = SAMPLE_SHAPE
     fh, fw = h // _FIELD_DS, w // _FIELD_DS
@@ -141,8 +149,10 @@ def render_sample(seed: int = _SEED) -> np.ndarray:
     eosin = ndimage.gaussian_filter(up(np.clip(eosin_f, 0, None)), 1.5)
     haem = ndimage.gaussian_filter(up(np.clip(haem_f, 0, None)), 1.5)
     normal_region = tissue & ~tumour
+    step(GENERATION_STEPS[1])
     haem += 1.1 * _nuclei(rng, normal_region, 1 / 900, 3.0, (h, w))
     haem += 1.3 * _nuclei(rng, tumour, 1 / 480, 4.0, (h, w))
+    step(GENERATION_STEPS[2])
     grain = 0.025 * rng.standard_normal((h, w), dtype=np.float32)
     od = haem[..., None] * _OD_H + eosin[..., None] * _OD_E + (0.04 + grain)[..., None]
     rgb = 250.0 * np.exp(-np.clip(od, 0, None))
@@ -158,12 +168,19 @@ def _pyramid(level0: np.ndarray) -> list[np.ndarray]:
 
 
 def write_pyramidal_tiff(
-    path: Path, levels: list[np.ndarray], mpp: float, *, tile: int = SAMPLE_TILE, description: str = ""
+    path: Path,
+    levels: list[np.ndarray],
+    mpp: float,
+    *,
+    tile: int = SAMPLE_TILE,
+    description: str = "",
+    compression: str | None = "jpeg",
 ) -> None:
-    """Write RGB ``levels`` (level 0 first) as a tiled JPEG pyramid OpenSlide opens as generic-tiff.
+    """Write RGB ``levels`` (level 0 first) as a tiled pyramid OpenSlide opens as generic-tiff.
 
     Each level is a page in the main IFD chain (reduced levels ``subfiletype=1``) with its resolution
-    in pixels per centimetre. Written to a temporary file in the same folder, then renamed.
+    in pixels per centimetre. ``compression``: ``"jpeg"`` (quality 90), or a lossless tifffile codec
+    (``"zlib"``, ``"lzw"``, ``None``). Written to a temporary file in the same folder, then renamed.
     """
     import tifffile
 
@@ -174,8 +191,8 @@ def write_pyramidal_tiff(
             tif.write(
                 level,
                 tile=(tile, tile),
-                compression="jpeg",
-                compressionargs={"level": 90},
+                compression=compression,
+                compressionargs={"level": 90} if compression == "jpeg" else None,
                 photometric="rgb",
                 subfiletype=0 if i == 0 else 1,
                 resolution=(1e4 / level_mpp, 1e4 / level_mpp),
@@ -185,13 +202,29 @@ def write_pyramidal_tiff(
             )
 
 
-def ensure_sample_slide(cache_dir: Path | None = None) -> SampleSlide:
-    """Return the sample slide, generating it (a few seconds) on first use."""
+def sample_slide_path(cache_dir: Path | None = None) -> Path:
+    """Where the sample slide is (or will be) cached."""
     folder = Path(cache_dir) if cache_dir is not None else sample_cache_dir()
-    path = folder / f"milkd-sample-v{SAMPLE_VERSION}.tiff"
+    return folder / f"milkd-sample-v{SAMPLE_VERSION}.tiff"
+
+
+def sample_slide_exists(cache_dir: Path | None = None) -> bool:
+    """True when the sample slide is cached (no generation needed)."""
+    path = sample_slide_path(cache_dir)
+    return path.exists() and path.with_suffix(".truth.json").exists()
+
+
+def ensure_sample_slide(
+    cache_dir: Path | None = None, on_step: Callable[[str], None] | None = None
+) -> SampleSlide:
+    """Return the sample slide, generating it (a few seconds) on first use; ``on_step`` hears each of
+    :data:`GENERATION_STEPS` as it starts (only when generating)."""
+    path = sample_slide_path(cache_dir)
     truth_path = path.with_suffix(".truth.json")
-    if not (path.exists() and truth_path.exists()):
-        level0 = render_sample()
+    if not sample_slide_exists(cache_dir):
+        level0 = render_sample(on_step=on_step)
+        if on_step is not None:
+            on_step(GENERATION_STEPS[3])
         write_pyramidal_tiff(
             path, _pyramid(level0), SAMPLE_MPP, description="napari-milkd synthetic sample slide"
         )
