@@ -1,5 +1,7 @@
 """napari reader contribution: whole-slide images through OpenSlide as lazy multiscale RGB layers.
 
+(Pixels of SVS / generic tiled TIFF come from the file's own tiles, see ``core.slides.native``.)
+
 Owns deciding, quickly, whether a path is ours. Imports no torch and touches no Qt.
 Plain ``.tif``/``.tiff`` files that OpenSlide does not recognise are left to other plugins (``None``);
 for vendor suffixes (``.svs``, ``.ndpi`` ...) a damaged file gets our reader so the user sees why it

@@ -1,7 +1,8 @@
 """Slide access: the :class:`SlideSource` protocol and its two implementations.
 
 Owns opening slides and reading RGB regions. May import numpy, openslide (with the ``openslide-bin``
-wheel, so no system library is needed), tifffile-free; nothing from napari or Qt.
+wheel, so no system library is needed), tifffile-free (native TIFF tiles live in :mod:`.native`);
+nothing from napari or Qt.
 
 Conventions
 -----------
@@ -12,7 +13,10 @@ Conventions
 * A level's pixel ``(y, x)`` sits at level-0 ``(round(y * downsample), round(x * downsample))``.
   OpenSlide's downsamples are measured, not exact (15.955, not 16); where ``x * downsample`` is not an
   integer OpenSlide resamples by the sub-pixel remainder, so reads at such levels are exact only at the
-  positions we read them from (chunk origins in :mod:`napari_milkd.core.slides.zarr_store`).
+  positions we read them from (chunk origins in :mod:`napari_milkd.core.slides.zarr_store`). Native TIFF
+  reads (:mod:`.native`) return the stored level pixel ``(y, x)`` itself, never resampled: identical to
+  OpenSlide wherever ``x * downsample`` and ``y * downsample`` are integers (every level-0 read, every
+  exact-downsample level), within OpenSlide's sub-pixel interpolation elsewhere.
 """
 
 from __future__ import annotations
@@ -199,6 +203,11 @@ class OpenSlideSource:
         return self._info
 
     @property
+    def reader(self) -> str:
+        """Where pixels come from: ``"openslide"`` (``"native"`` for TIFF tiles, see :mod:`.native`)."""
+        return "openslide"
+
+    @property
     def properties(self) -> dict[str, str]:
         """All OpenSlide properties (vendor metadata) as strings."""
         return dict(self._slide.properties)
@@ -309,13 +318,27 @@ class ArraySlideSource:
         """Nothing to release."""
 
 
-def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> OpenSlideSource:
-    """Open a slide file (or DICOM-WSI folder) with OpenSlide.
+def open_slide(
+    path: str | os.PathLike[str], *, mpp: float | None = None, reader: str | None = None
+) -> OpenSlideSource:
+    """Open a slide file (or DICOM-WSI folder): OpenSlide for the metadata, and for the pixels unless
+    the file is a TIFF whose tiles are read natively (:class:`~.native.TiffTileSource`).
 
-    ``mpp`` overrides the resolution (µm/px at level 0) when given. Raises :class:`SlideError` with a
-    one-line message for missing, unsupported, truncated or unreadable files.
+    ``mpp`` overrides the resolution (µm/px at level 0) when given. ``reader`` (default
+    ``$MILKD_SLIDE_READER``, else ``"auto"``): ``"auto"`` reads TIFF tiles natively where eligible,
+    ``"openslide"`` always uses OpenSlide, ``"native"`` requires native reading. Raises
+    :class:`SlideError` with a one-line message for missing, unsupported, truncated or unreadable files.
     """
-    source = OpenSlideSource(path)
+    from napari_milkd.core.slides.native import TiffTileSource, could_be_native, reader_preference
+
+    choice = reader_preference(reader)
+    source: OpenSlideSource
+    if choice != "openslide" and could_be_native(resolve_slide_path(path)):
+        source = TiffTileSource(path, require=choice == "native")
+    elif choice == "native":
+        raise SlideError(f"{Path(path).name}: native tile reading covers TIFF-family files only")
+    else:
+        source = OpenSlideSource(path)
     if mpp is not None:
         source._info = source.info.with_mpp(mpp)
     return source

@@ -3,7 +3,8 @@
 Owns the mapping "slide pyramid → zarr hierarchy": a root group whose array ``"<level>"`` is that
 pyramid level, shape ``(height, width, 3)`` uint8 RGB, chunk = the slide's native tile, uncompressed.
 Nothing is converted or copied: every chunk request becomes one region read of the slide, run in a
-thread so zarr can fetch chunks concurrently (OpenSlide reads are thread-safe). May import zarr and
+thread so zarr can fetch chunks concurrently (OpenSlide reads are thread-safe; for TIFF-family slides
+a chunk is one decode of the file's own tile, see :mod:`napari_milkd.core.slides.native`). May import zarr and
 numpy; nothing from napari or Qt.
 
 Chunk ``(i, j, 0)`` of level ``L`` holds level pixels ``[i*th:(i+1)*th, j*tw:(j+1)*tw]``, read from
