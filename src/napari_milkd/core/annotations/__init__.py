@@ -18,7 +18,7 @@ Modules (each imports only those above it; this package re-exports their public 
 - :mod:`.geojson`: QuPath GeoJSON (:func:`write_geojson`, :func:`read_geojson`; object types);
 - :mod:`.asap`: ASAP XML, Camelyon16 (:func:`write_asap_xml`, :func:`read_asap_xml`; defusedxml);
 - :mod:`.omezarr`: OME-Zarr labels (:func:`write_ome_zarr_labels`, :func:`read_ome_zarr_labels`,
-  :func:`ome_zarr_transform`, :func:`ome_multiscales`).
+  :func:`ome_zarr_transform`, :func:`ome_multiscales`, :func:`pyramid_levels`, :func:`extend_pyramid`).
 
 Coordinates (see ``docs/slides.md`` and ``docs/formats.md``):
 
@@ -66,8 +66,10 @@ from .model import RGB, RGBA, Annotation, AnnotationWarning, Geometry, ImportRes
 from .omezarr import (
     DEFAULT_CLASS_NAMES,
     DEFAULT_LABEL_COLORS,
+    extend_pyramid,
     ome_multiscales,
     ome_zarr_transform,
+    pyramid_levels,
     read_ome_zarr_labels,
     write_ome_zarr_labels,
 )
@@ -97,6 +99,7 @@ __all__ = [
     "class_label",
     "class_table",
     "describe_classes",
+    "extend_pyramid",
     "labels_from_annotations",
     "labels_to_polygons",
     "load_class_map",
@@ -108,6 +111,7 @@ __all__ = [
     "polygonal_parts",
     "polygons_to_index",
     "polygons_to_mask",
+    "pyramid_levels",
     "qupath_class",
     "read_asap_xml",
     "read_geojson",

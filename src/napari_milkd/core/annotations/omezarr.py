@@ -1,8 +1,8 @@
 """OME-Zarr (NGFF 0.5, zarr v3) labels: :func:`write_ome_zarr_labels`, :func:`read_ome_zarr_labels`.
 
 Owns the NGFF placement of masks and their pyramids (:func:`ome_zarr_transform`, :func:`ome_multiscales`,
-:func:`pyramid_levels`; origin at the centre of pixel ``(0, 0)``), the label colours and class names,
-and the atomic folder replacement (``_replace_folder``).
+:func:`pyramid_levels`, :func:`extend_pyramid`; origin at the centre of pixel ``(0, 0)``), the label
+colours and class names, and the atomic folder replacement (``_replace_folder``).
 May import numpy, zarr (lazily), the standard library, :mod:`.model` and ``core.errors``.
 """
 
@@ -75,12 +75,14 @@ def ome_multiscales(
     return [{"name": name, "axes": axes, "datasets": datasets}]
 
 
-def pyramid_levels(shape: tuple[int, ...], *, smallest: int = PYRAMID_SMALLEST, most: int = 12) -> int:
+def pyramid_levels(
+    shape: tuple[int, ...], *, smallest: int = PYRAMID_SMALLEST, most: int = 12, least: int = 2
+) -> int:
     """How many levels a 2-D pyramid over ``shape`` (rows, cols) gets: level 0, then halvings (rounding
-    up) until the longer side is at most ``smallest`` px; always at least 2 levels, at most ``most``."""
+    up) until the longer side is at most ``smallest`` px; at least ``least`` levels, at most ``most``."""
     rows, cols = int(shape[0]), int(shape[1])
     n = 1
-    while n < most and (n < 2 or max(rows, cols) > smallest):
+    while n < most and (n < least or max(rows, cols) > smallest):
         rows, cols = -(-rows // 2), -(-cols // 2)
         n += 1
     return n
@@ -123,6 +125,39 @@ def _write_pyramid(
             dimension_names=dims,
         )
         array[...] = data
+
+
+def extend_pyramid(group: Any, levels: int, *, mean: bool) -> list[Any]:
+    """Write arrays ``"1"`` .. ``str(levels - 1)`` of the zarr ``group`` from its array ``"0"`` (2-D, y/x):
+    level ``k`` is level ``k − 1`` halved (rounding up) by :func:`_halve_mean` (``mean``: 2×2 mean, for
+    images) or :func:`_halve_nearest` (every second pixel, for labels), the same halving
+    :func:`write_ome_zarr_labels` uses. Level ``k − 1`` is read in bands of two rows of level-``k``
+    chunks, so memory is a band, never a level; chunks, dtype and fill value follow level 0. Existing
+    arrays of those names are replaced (a resumed run rewrites what a killed one left). Returns the
+    arrays, level 0 first; the caller lists them in the ``multiscales`` (:func:`ome_multiscales`)."""
+    halve = _halve_mean if mean else _halve_nearest
+    base = group["0"]
+    arrays = [base]
+    for k in range(1, max(1, int(levels))):
+        prev = arrays[-1]
+        rows, cols = (int(n) for n in prev.shape)
+        shape = (-(-rows // 2), -(-cols // 2))
+        chunks = tuple(min(int(c), max(1, n)) for c, n in zip(base.chunks, shape, strict=True))
+        array = group.create_array(
+            str(k),
+            shape=shape,
+            chunks=chunks,
+            dtype=base.dtype,
+            fill_value=base.fill_value,
+            dimension_names=("y", "x"),
+            overwrite=True,
+        )
+        band = 2 * chunks[0]
+        for r0 in range(0, rows, band):
+            block = np.asarray(prev[r0 : r0 + band, :])
+            array[r0 // 2 : r0 // 2 + -(-block.shape[0] // 2), :] = halve(block)
+        arrays.append(array)
+    return arrays
 
 
 def _check_label_name(name: str) -> None:

@@ -61,6 +61,9 @@ MASK_LABEL = "tumour"
 PROGRESS_FILE = "milkd-progress.json"
 #: Default chunk side (map pixels) of the prediction arrays; also the band height.
 DEFAULT_CHUNK = 512
+#: The prediction's pyramid (probability and mask) is halved until its longer side is at most this many
+#: map pixels, so a viewer opens a whole-slide result from a small overview level.
+PYRAMID_SMALLEST = 1024
 
 
 @dataclass(frozen=True)
@@ -559,6 +562,68 @@ def open_prediction(
         raise InputError(f"{folder} is not a napari-milkd prediction ({exc.__class__.__name__})") from None
 
 
+def prediction_levels(
+    path: str | os.PathLike[str],
+) -> tuple[list[zarr.Array], list[zarr.Array], dict[str, Any]]:
+    """``(probability levels, mask levels, milkd facts)`` of a prediction zarr, lazily, level 0 first:
+    the arrays its NGFF ``multiscales`` list (one level for predictions made before the pyramid).
+
+    Raises :class:`InputError` when ``path`` is not a prediction written by :func:`predict_slide`.
+    """
+    import zarr
+
+    folder = Path(path)
+    try:
+        root = zarr.open_group(str(folder), mode="r")
+        facts = root.attrs.asdict().get("milkd", {})
+        if facts.get("format") != PREDICTION_FORMAT:
+            raise InputError(f"{folder} is not a napari-milkd prediction")
+        label = root[f"labels/{MASK_LABEL}"]
+
+        def listed(group: Any) -> list[zarr.Array]:
+            datasets = group.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
+            return [group[str(d["path"])] for d in datasets] or [group["0"]]
+
+        return listed(root), listed(label), facts
+    except (
+        FileNotFoundError,
+        KeyError,
+        IndexError,
+        TypeError,
+        zarr.errors.GroupNotFoundError,
+        ValueError,
+    ) as exc:
+        raise InputError(f"{folder} is not a napari-milkd prediction ({exc.__class__.__name__})") from None
+
+
+def _write_prediction_pyramid(
+    folder: Path, shape: tuple[int, int], *, mpp_l0: float | None, downsample: float
+) -> int:
+    """Levels 1.. of the probability (2×2 mean of the stored uint8, rounded) and of the mask (every second
+    pixel, so level ``k`` is ``mask[::2ᵏ, ::2ᵏ]`` and stays 0/1) from their complete level 0, halved until
+    the longer side is at most :data:`PYRAMID_SMALLEST`; then both ``multiscales`` list every level.
+    Idempotent (levels are rewritten), so a resumed run redoes it. Returns the number of levels."""
+    import zarr
+
+    from napari_milkd.core.annotations import extend_pyramid, ome_multiscales, pyramid_levels
+
+    levels = pyramid_levels(shape, smallest=PYRAMID_SMALLEST, least=1, most=16)
+    root = zarr.open_group(str(folder), mode="r+")
+    label = root[f"labels/{MASK_LABEL}"]
+    extend_pyramid(root, levels, mean=True)
+    extend_pyramid(label, levels, mean=False)
+    # The metadata after the arrays it lists.
+    root.attrs["ome"] = {
+        **root.attrs.asdict()["ome"],
+        "multiscales": ome_multiscales("probability", mpp_l0, downsample, levels=levels),
+    }
+    label.attrs["ome"] = {
+        **label.attrs.asdict()["ome"],
+        "multiscales": ome_multiscales(MASK_LABEL, mpp_l0, downsample, levels=levels),
+    }
+    return levels
+
+
 def prediction_facts(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``milkd`` attributes of a prediction zarr (its marker), or ``None`` when ``path`` is not one.
 
@@ -703,7 +768,9 @@ def predict_slide(
     With ``resume`` an interrupted zarr made by the same model over the same grid continues: bands in
     its record (``milkd-progress.json``, written after each band's data) are kept and only tiles reaching
     below them are run; a complete one is returned without running the model. ``finish`` runs after the
-    last band and before the prediction is marked complete (completion is always the last write).
+    last band and before the prediction is marked complete (completion is always the last write); then
+    both images get their pyramid (arrays ``1``, ``2``, ... halved until the longer side is at most
+    :data:`PYRAMID_SMALLEST`, see :func:`_write_prediction_pyramid`), also before completion.
 
     ``out`` is never a user's file: a link, a file or a folder without milkd's marker is refused
     (:func:`check_prediction_target`). An existing prediction that is not resumed (``resume=False``, another
@@ -843,6 +910,7 @@ def predict_slide(
 
     extra = dict(finish(work, prob_arr, mask_arr)) if finish is not None else {}
     tumour_px = int(extra.get("tumour_px", counter["tumour_px"]))
+    extra["levels"] = _write_prediction_pyramid(work, shape, mpp_l0=source.info.mpp, downsample=ds)
     # Completion is the last write: the attributes, then the resume record, then (when written aside) the
     # rename over the previous prediction.
     root = zarr.open_group(str(work), mode="r+")
