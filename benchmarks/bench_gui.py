@@ -13,7 +13,11 @@ with ``napari.qt.threading.create_worker`` exactly as the widget runs its jobs:
 * ``slide_job``: what *Train teacher* in the slide widget runs, end to end: a
   :class:`~napari_milkd.core.session.slide_session.SlideSession` on the sample slide (prepared, coarse
   weak labels), its ``train_job`` in a worker, each ``MapPreview`` drawn by the widget's own
-  :class:`~napari_milkd._widget.slide_layers.SlideLayers`, and ``session.accept`` on the main thread.
+  :class:`~napari_milkd._widget.slide_layers.SlideLayers`, and ``session.accept`` on the main thread;
+* ``actions`` (not in the default list): the slide widget's user actions — Prepare, brush strokes until
+  the bag note shows them, Import… of an 85-region GeoJSON, a stage finishing, Export… GeoJSON — each
+  with the heartbeat running, and the old synchronous handler bodies timed for comparison
+  (:mod:`bench_gui_actions`; projects go to a temporary folder).
 
 p50/p99/max stall in ms per phase. Needs a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui.py``.
 """
@@ -57,6 +61,10 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the worker")
     parser.add_argument("--phases", default="idle,train,predict,predict_live,slide_job")
     args = parser.parse_args()
+    if "actions" in args.phases.split(","):
+        import os
+
+        os.environ["MILKD_PROJECTS"] = tempfile.mkdtemp(prefix="milkd-bench-projects-")
 
     import napari
     import torch
@@ -238,6 +246,14 @@ def main() -> None:
         report["predict_live"] = measure(predict_job(True))
     if "slide_job" in phases:
         report["slide_job"] = measure(slide_job)
+    if "actions" in phases:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import contextlib
+
+        from bench_gui_actions import run_actions
+
+        with contextlib.redirect_stdout(sys.stderr):  # the widget's notifications are echoed to stdout
+            report["actions"] = run_actions(viewer, app, measure, work)
     viewer.close()
     print(json.dumps(report, indent=1))
 

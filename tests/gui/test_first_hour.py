@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from settle import settle
 
 from napari_milkd import _sample_data
 from napari_milkd._sample_data import SAMPLE_LAYER_NAME
@@ -173,6 +174,7 @@ def test_greyed_buttons_say_why(
     monkeypatch.setattr(slide_widget.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     before = len(notification_manager.records)
     widget.export_button.click()
+    settle(qtbot, widget)
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert target.exists()
     assert any("wrote out.geojson (its mask layer was deleted)" in m for m in messages), messages

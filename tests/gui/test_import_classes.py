@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from settle import settle
 
 from napari_milkd._widget import SlideWidget, class_map_dialog, slide_widget
 from napari_milkd.core.annotations.io import annotation_report, read_annotations
@@ -114,6 +115,7 @@ def test_the_class_table_comes_first_and_decides_what_is_painted(
     assert dialog.class_map() == {"Foo": "positive"}  # what differs from the defaults
     before = len(notification_manager.records)
     dialog.accept()
+    settle(qtbot, widget)  # read and rasterised in a worker, painted when it is done
     assert _painted(viewer, widget) == {
         "Tumor": REGION_TUMOUR,
         "Stroma": REGION_FREE,
@@ -149,6 +151,7 @@ def test_import_button_with_the_default_labels_ignores_the_unknown_class_and_say
     monkeypatch.setattr(class_map_dialog.ClassMapDialog, "exec", press_ok)
     before = len(notification_manager.records)
     widget.import_button.click()
+    settle(qtbot, widget)
     assert shown and ("Foo", 1, "ignored") in shown[0]
     assert _painted(viewer, widget) == {
         "Tumor": REGION_TUMOUR,

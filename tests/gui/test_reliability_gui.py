@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from settle import settle
 
 from napari_milkd._widget import SlideWidget, slide_widget
 from napari_milkd.core.engine.checkpoint import load_checkpoint
@@ -90,6 +91,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
         path.write_text(content)
         before = len(notification_manager.records)
         widget.import_regions(path)
+        settle(qtbot, widget)  # read in a worker; the error comes back as a notification
         assert any(message in m for m in _messages(before)), _messages(before)
         assert np.array_equal(viewer.layers[WEAK].data, regions)
 
@@ -103,6 +105,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     for path, message in ((bowtie, "repaired"), (empty, "no usable polygons"), (outside, "clipped")):
         before = len(notification_manager.records)
         widget.import_regions(path)
+        settle(qtbot, widget)
         assert any(message in m for m in _messages(before)), _messages(before)
 
     # Export into a folder that cannot be written (tests may run as root, where chmod does not block
@@ -119,6 +122,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     monkeypatch.setattr(slide_widget.QFileDialog, "getSaveFileName", lambda *a, **k: (target[0], ""))
     before = len(notification_manager.records)
     widget.export_button.click()
+    settle(qtbot, widget)
     assert any("export failed: could not write" in m and "not a folder" in m for m in _messages(before))
 
     # The disk fills up during an autosave: a notification, and the previous save is intact.
@@ -161,6 +165,7 @@ def test_bad_input_in_the_viewer_is_notified_and_the_widget_stays_usable(
     target[0] = str(tmp_path / "ok.geojson")
     before = len(notification_manager.records)
     widget.export_button.click()
+    settle(qtbot, widget)
     assert (tmp_path / "ok.geojson").exists()
     assert any("wrote" in m for m in _messages(before)), _messages(before)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager
+from settle import settle
 
 from napari_milkd._widget import SlideWidget, slide_widget
 from napari_milkd.core.annotations import mask_to_polygons, polygons_to_mask, read_geojson
@@ -69,16 +70,18 @@ def _paint_weak_labels(viewer, widget: SlideWidget) -> np.ndarray:
 
 
 def _wait_done(qtbot, viewer, widget: SlideWidget, name: str, timeout: int = 240_000) -> None:
-    qtbot.waitUntil(lambda: widget.training.worker is None and name in viewer.layers, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.busy and name in viewer.layers, timeout=timeout)
 
 
-def _export(widget: SlideWidget, monkeypatch, stage: str, fmt: str) -> None:
+def _export(qtbot, widget: SlideWidget, monkeypatch, stage: str, fmt: str) -> None:
     """Export through the dialog, accepting the file name it proposes (in the project's exports)."""
     widget.export_stage.setCurrentText(stage)
     widget.export_format.setCurrentText(fmt)
     dialog = slide_widget.QFileDialog
     monkeypatch.setattr(dialog, "getSaveFileName", lambda _parent, _title, start, _filter: (start, ""))
     widget.export_button.click()
+    assert widget.busy and not widget.export_button.isEnabled()  # written in a worker, the UI greyed
+    settle(qtbot, widget)
 
 
 def test_end_to_end_teacher_correction_student_export(
@@ -93,6 +96,7 @@ def test_end_to_end_teacher_correction_student_export(
     assert not widget.train_teacher_button.isEnabled()
     assert "paint or import both positive and negative regions first" in widget.train_teacher_button.toolTip()
     _paint_weak_labels(viewer, widget)
+    settle(qtbot, widget)  # the stroke's tiles are counted once control returns to Qt
     assert widget.train_teacher_button.isEnabled() and "Disabled" not in widget.train_teacher_button.toolTip()
     pos, neg = widget.session.bag_counts()
     assert pos > 0 and neg > 0
@@ -170,7 +174,7 @@ def test_end_to_end_teacher_correction_student_export(
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "student-review")
 
     # Export (into the project's exports folder, as the dialog proposes) and re-import.
-    _export(widget, monkeypatch, "student", "QuPath GeoJSON")
+    _export(qtbot, widget, monkeypatch, "student", "QuPath GeoJSON")
     out = fresh_project / "exports" / "student.geojson"
     collection = json.loads(out.read_text())
     assert collection["type"] == "FeatureCollection" and collection["features"]
@@ -182,14 +186,14 @@ def test_end_to_end_teacher_correction_student_export(
     redrawn = polygons_to_mask([a.geometry for a in back.annotations], mask.shape, work.downsample)
     boundary = sum(p.length for p in mask_to_polygons(mask, work.downsample)) / work.downsample
     assert abs(int(redrawn.sum()) - int(mask.sum())) <= boundary  # within a pixel per boundary pixel
-    _export(widget, monkeypatch, "teacher", "ASAP XML")
+    _export(qtbot, widget, monkeypatch, "teacher", "ASAP XML")
     assert (fresh_project / "exports" / "teacher.xml").exists()
-    _export(widget, monkeypatch, "student", "OME-Zarr labels")
+    _export(qtbot, widget, monkeypatch, "student", "OME-Zarr labels")
     assert (fresh_project / "exports" / "student.zarr" / "zarr.json").exists()
 
     # Next round: the student becomes the teacher.
     widget.next_round_button.click()
-    qtbot.waitUntil(lambda: widget.training.worker is None, timeout=240_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=240_000)
     assert "student done" in widget.training.status.text()
     assert json.loads((fresh_project / "project.json").read_text())["round"] == 1
 

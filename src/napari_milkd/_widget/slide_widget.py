@@ -8,8 +8,11 @@ review* → *Next round* → *Export*. Everything the user makes is autosaved in
 The session owns the workflow state (geometry, weak labels, corrections, maps, reviewed tiles, round)
 and every decision; this widget holds Qt state only (layers, the worker, timers) and forwards. Long work
 runs in napari workers over the session's job generators, which work on copies; their results come back
-to the session on the main thread (``returned``). The weak-labels layer's data *is* ``session.weak``, so
-brush strokes land in the session; a mask layer holds a copy, and each edit is handed to
+to the session on the main thread (``returned``). Import, export and taking a finished stage's map (save,
+mask) also run in a worker (:class:`~napari_milkd._widget.background.Background`, the UI busy meanwhile):
+nothing a user does should hold the GUI thread for more than ~100 ms. The weak-labels layer's data *is*
+``session.weak``, so brush strokes land in the session and each recounts only the tiles under it
+(:mod:`~napari_milkd._widget.slide_weak`); a mask layer holds a copy, and each edit is handed to
 :meth:`SlideSession.record_edit`. Cancel calls ``worker.quit()`` (effective at the next batch).
 """
 
@@ -21,12 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog  # noqa: F401  (tests replace its dialogs through this module)
 
-from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
+from napari_milkd._widget.background import Background
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
@@ -39,10 +41,11 @@ from napari_milkd._widget.slide_layers import (
     info_from_layer,
     tile_map,
 )
+from napari_milkd._widget.slide_weak import WeakLabelsPart
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.runtime import leave_cores_for_the_gui
 from napari_milkd.core.session.jobs import JobEvent, MapPreview, StageOutput
-from napari_milkd.core.session.slide_session import STAGES, SlideSession
+from napari_milkd.core.session.slide_session import STAGES, AcceptedMap, SlideSession
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
 from napari_milkd.core.slides.geometry import SlideWork
 
@@ -57,7 +60,7 @@ def _run(job: Generator[JobEvent, None, StageOutput]) -> Generator[JobEvent, Non
     return (yield from job)
 
 
-class SlideWidget(SlideForm):
+class SlideWidget(WeakLabelsPart, SlideForm):
     """napari-milkd: weak labels in, teacher and student masks out, corrected by hand, exported."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -72,6 +75,7 @@ class SlideWidget(SlideForm):
         self._autosave.timeout.connect(self.save_session)
         self._edit_timer = QTimer(self, singleShot=True, interval=0)
         self._edit_timer.timeout.connect(self.collect_corrections)
+        self._init_weak_labels()
         self.prepare_button.clicked.connect(self.start_prepare)
         self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
         self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
@@ -83,6 +87,9 @@ class SlideWidget(SlideForm):
         self.review_button.clicked.connect(self.next_region)
         self.export_button.clicked.connect(self._export_dialog)
         self.training.busy_changed.connect(self._update_buttons)
+        #: Import, export and taking a finished map run here, off the GUI thread.
+        self.jobs = Background(self.training.status, self)
+        self.jobs.busy_changed.connect(self._update_buttons)
         # Closing the viewer destroys the widget (after hideEvent saved): the project's lock goes back.
         self._session_holder: list[SlideSession | None] = [None]
         self.destroyed.connect(lambda *_, held=self._session_holder: held[0] and held[0].close())
@@ -98,12 +105,22 @@ class SlideWidget(SlideForm):
         return self.session if self.session is not None and self.session.work is not None else None
 
     def _update_buttons(self) -> None:
-        layer, busy, stage = self.selected_layer(), self.training.worker is not None, self.export_stage
+        layer, busy, stage = self.selected_layer(), self.busy, self.export_stage
         slide = None if layer is None else info_from_layer(layer)
         state = SlideState.of(
             self._prepared(), slide=slide, busy=busy, bags=self._bags, export_stage=stage.currentText()
         )
         self.enable(state)
+
+    @property
+    def busy(self) -> bool:
+        """True while a job (training, Prepare, import, export, saving a map) runs."""
+        return self.training.worker is not None or self.jobs.worker is not None
+
+    def _refuse_when_busy(self) -> bool:
+        if self.busy:
+            notify_warning("wait for the running job, or cancel it")
+        return self.busy
 
     # --- 1 · prepare -----------------------------------------------------------------------------
 
@@ -118,8 +135,7 @@ class SlideWidget(SlideForm):
         if not info.has_mpp:
             notify_error(f"{layer.name} has no µm/px; {MPP_HINT}")
             return
-        if self.training.worker is not None:
-            notify_warning("wait for the running job, or cancel it")
+        if self._refuse_when_busy():
             return
         self._save_now()  # what was prepared before keeps its last edits
         reopened = self.session is None or self.session.slide_path != str(info.path)
@@ -161,7 +177,7 @@ class SlideWidget(SlideForm):
         weak = self.layers.put_labels("weak labels", session.weak, WEAK_COLORS, opacity=0.45)
         weak.brush_size = max(10, work.grid.tile // 2)
         if weak not in self._watched:
-            weak.events.paint.connect(self._on_weak_edit)
+            weak.events.paint.connect(self._on_weak_paint)
             weak.events.data.connect(self._on_weak_edit)
             self._watched.add(weak)
         for stage in STAGES:
@@ -179,79 +195,6 @@ class SlideWidget(SlideForm):
         self._update_bag_note()
         self._update_buttons()
 
-    # --- 2 · weak labels -------------------------------------------------------------------------
-
-    def weak_layer(self) -> Labels | None:
-        """The weak-labels layer of the prepared slide."""
-        return self.layers.get("weak labels") if self._prepared() is not None else None
-
-    def start_painting(self, value: int) -> None:
-        """Select the weak-labels layer in paint mode with ``value`` (1 contains tumour, 2 tumour-free)."""
-        layer = self.weak_layer()
-        if layer is None:
-            notify_error("prepare the slide first")
-            return
-        self.viewer.layers.selection.active = layer
-        layer.selected_label = value
-        layer.mode = "paint"
-
-    def mark_all_free(self) -> None:
-        """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
-        layer, session = self.weak_layer(), self._prepared()
-        if layer is not None and session is not None:
-            session.mark_all_free()
-            layer.refresh()
-            self._on_weak_edit()
-
-    def import_regions(self, path: str | Path, class_map: dict[str, str] | None = None) -> None:
-        """Add regions from a QuPath GeoJSON or ASAP XML file; ``class_map`` (class → label) wins."""
-        layer, session = self.weak_layer(), self._prepared()
-        if layer is None or session is None:
-            notify_error("prepare the slide first")
-            return
-        try:
-            summary = session.import_annotations(path, class_map=class_map)
-        except (MilkdError, OSError) as exc:
-            notify_error(exc)
-            return
-        layer.refresh()
-        self._on_weak_edit()
-        for warning in summary.warnings[:3]:
-            notify_warning(warning)
-        notify_info(import_message(summary, Path(path).name))
-
-    def review_import(self, path: str | Path) -> ClassMapDialog | None:
-        """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
-        return class_map_dialog(self._prepared(), path, self, self.import_regions)
-
-    def _import_dialog(self) -> None:
-        path = QFileDialog.getOpenFileName(
-            self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
-        )[0]
-        if path and (dialog := self.review_import(path)) is not None:
-            dialog.exec()
-            dialog.deleteLater()
-
-    def _on_weak_edit(self, *_: object) -> None:
-        """A stroke or a new map in the weak-labels layer (whose data is the session's map)."""
-        layer, session = self.weak_layer(), self._prepared()
-        if layer is None or session is None:
-            return
-        if layer.data is not session.weak:  # the whole map was replaced (``layer.data = ...``)
-            try:
-                session.set_weak_labels(np.asarray(layer.data))
-            except MilkdError as exc:
-                notify_error(exc)
-            layer.data = session.weak  # strokes land in the session again (this comes back here)
-            return
-        self._update_bag_note()
-        self._autosave.start()
-
-    def _update_bag_note(self) -> None:
-        self._bags = self.session.bag_counts() if self.session is not None else (0, 0)
-        self.show_bags(*self._bags)
-        self._update_buttons()
-
     # --- 3 · training ----------------------------------------------------------------------------
 
     def start_training(self, stage: str, *, resume: bool = True) -> None:
@@ -260,8 +203,7 @@ class SlideWidget(SlideForm):
         if session is None or session.work is None:
             notify_error("prepare the slide first")
             return
-        if self.training.worker is not None:
-            notify_warning("a job is already running")
+        if self._refuse_when_busy():
             return
         self._flush_edits()
         try:
@@ -274,7 +216,7 @@ class SlideWidget(SlideForm):
     def next_round(self) -> None:
         """The student (its maps and corrections included) becomes the teacher; distil a new student."""
         session = self._prepared()
-        if session is None or session.work is None or self.training.worker is not None:
+        if session is None or session.work is None or self._refuse_when_busy():
             return
         self._flush_edits()
         round_before = session.round
@@ -312,21 +254,33 @@ class SlideWidget(SlideForm):
         notify_info("job cancelled")
 
     def _stage_done(self, output: StageOutput) -> None:
+        """A stage finished: its map is saved and made a mask in a worker; :meth:`_stage_taken` shows it."""
         self.layers.drop_preview()
-        if self.session is None:
+        session = self.session
+        if session is None:
             return
         try:
-            self.session.accept(output)
+            job = session.accept_job(output)
         except (MilkdError, OSError) as exc:
             self.training.status.setText(f"failed: {notify_error(exc)}")
             return
+
+        def taken(accepted: AcceptedMap) -> None:
+            if self.session is session:
+                session.take(accepted)
+                self._stage_taken(accepted)
+
+        self.jobs.run(job, text=f"{output.stage}: saving its map…", done=taken, failed="")
+
+    def _stage_taken(self, accepted: AcceptedMap) -> None:
+        output = accepted.output
         self.show_stage(output.stage)
         result = output.result
         self.training.status.setText(
             f"{output.stage} done: {result.epochs} epoch(s), selected epoch {result.best_epoch} "
             f"({output.n_positive} positive / {output.n_negative} negative bags)"
         )
-        self.training.status.setToolTip(self.session.describe_model(output.stage) or "")
+        self.training.status.setToolTip(accepted.description or "")
         notify_info(f"{output.stage} mask ready — paint or erase in it to correct it")
 
     # --- masks and corrections -------------------------------------------------------------------
@@ -417,11 +371,19 @@ class SlideWidget(SlideForm):
         path = self.ask_export_path(session.project.exports / f"{stage}{suffix}", fmt)
         if not path:
             return
+        if self._refuse_when_busy():
+            return
         self._flush_edits()
         try:
-            written = session.export(stage, fmt, path)
+            write = session.export_job(stage, fmt, path)
         except (MilkdError, OSError) as exc:
             notify_error(f"export failed: {error_text(exc)}")
             return
         gone = self.layers.get(f"{stage} mask") is None  # the session's mask, edits included, is written
-        notify_info(f"wrote {written.name}" + (" (its mask layer was deleted)" if gone else ""), str(written))
+
+        def written(target: Path) -> None:
+            notify_info(
+                f"wrote {target.name}" + (" (its mask layer was deleted)" if gone else ""), str(target)
+            )
+
+        self.jobs.run(write, text=f"writing {Path(path).name}…", done=written, failed="export failed")

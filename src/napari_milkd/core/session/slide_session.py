@@ -40,7 +40,7 @@ from napari_milkd.core.progress import drain
 from napari_milkd.core.session.jobs import JobEvent, StageOutput, slide_stage_job
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
 from napari_milkd.core.session.project import DamagedProjectFile, Project, ProjectLock
-from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, bag_labels_from_regions
+from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, BagCounter
 from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tissue_map
 from napari_milkd.core.slides.sample import is_sample_slide
 from napari_milkd.core.slides.slide import open_slide
@@ -64,6 +64,39 @@ class ImportSummary:
     warnings: tuple[str, ...]
     classes: tuple[Any, ...] = ()
     skipped: dict[str, int] | None = None
+
+
+def _box_of(changed: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row0, col0, row1, col1)`` around the True pixels of ``changed`` (empty when there are none)."""
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+@dataclass(frozen=True)
+class ImportedRegions:
+    """An annotation file read and rasterised at the working geometry (:meth:`SlideSession.read_import`),
+    not yet painted: ``labels`` (weak-label values, 0 = none) and ``excluded`` (erases) maps, cropped to
+    ``box`` (``(row0, col0, row1, col1)`` of a working map of ``shape``) around everything they change."""
+
+    labels: np.ndarray
+    excluded: np.ndarray
+    box: tuple[int, int, int, int]
+    shape: tuple[int, int]
+    summary: ImportSummary
+
+
+@dataclass(frozen=True)
+class AcceptedMap:
+    """A finished job's map, saved and made into a mask off the GUI thread (:meth:`SlideSession.accept_job`);
+    :meth:`SlideSession.take` makes it the session's. ``description`` is the model card's line."""
+
+    output: StageOutput
+    probability: np.ndarray
+    mask: np.ndarray
+    hard: np.ndarray
+    description: str | None
 
 
 class SlideSession:
@@ -104,6 +137,7 @@ class SlideSession:
         self._lock: ProjectLock | None = None
         self._closed = False
         self._damage_notes: list[str] = []
+        self._bag_counter: BagCounter | None = None
 
     # --- lifetime ------------------------------------------------------------------------------------
 
@@ -182,6 +216,7 @@ class SlideSession:
         restored: list[str] = []
         weak = self._restored("weak_labels", order=0, said="weak labels", restored=restored)
         self.weak = weak.astype(np.uint8) if weak is not None else np.zeros(work.shape, np.uint8)
+        self._bag_counter = BagCounter(work.grid, work.downsample, self.weak)
         hard = self._restored("corrections", order=0, said="corrections", restored=restored)
         self.hard = hard.astype(np.uint8) if hard is not None else np.full(work.shape, NO_OPINION, np.uint8)
         if hard is not None:
@@ -257,12 +292,14 @@ class SlideSession:
         if regions.shape != work.shape:
             raise InputError(f"weak-label map is {regions.shape}, expected {work.shape} (working resolution)")
         self.weak = regions.astype(np.uint8, copy=True)
+        self.weak_edited()
 
     def mark_all_free(self) -> None:
         """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
         self._require_work()
         assert self.weak is not None and self.tissue is not None
         self.weak[self.tissue & (self.weak != REGION_TUMOUR)] = REGION_FREE
+        self.weak_edited()
 
     def import_annotations(
         self, path: str | Path, class_map: str | Path | dict[str, str] | None = None
@@ -273,11 +310,18 @@ class SlideSession:
         (ASAP ``_2``) → erases the weak labels under it. ``class_map`` (a JSON/CSV file or a mapping
         class → label) overrides the defaults. Only QuPath *annotations* are regions; detections and
         cells are skipped and counted. QuPath coordinates are shifted by the slide's bounds offset."""
+
+        return self.apply_import(self.read_import(path, class_map))
+
+    def read_import(
+        self, path: str | Path, class_map: str | Path | dict[str, str] | None = None
+    ) -> ImportedRegions:
+        """The reading and rasterising half of :meth:`import_annotations`: changes nothing in the session
+        (safe in a worker thread); :meth:`apply_import` paints the result."""
         from napari_milkd.core.annotations import NEGATIVE, POSITIVE, regions_from_annotations
         from napari_milkd.core.annotations.io import annotation_report, class_map_from, read_annotations
 
         work = self._require_work()
-        assert self.weak is not None
         mapping = class_map_from(class_map)
         result = read_annotations(
             path, slide_shape_l0=self.info.shape, offset_l0=self.info.offset_l0, class_map=mapping
@@ -290,17 +334,45 @@ class SlideSession:
             mapping,
             values={POSITIVE: REGION_TUMOUR, NEGATIVE: REGION_FREE},
         )
-        self.weak[labels > 0] = labels[labels > 0]
-        self.weak[excluded] = 0
         warnings = ((report.message,) if report.message else ()) + tuple(result.warnings)
-        return ImportSummary(len(result.annotations), warnings, report.classes, dict(report.skipped))
+        summary = ImportSummary(len(result.annotations), warnings, report.classes, dict(report.skipped))
+        r0, c0, r1, c1 = box = _box_of((labels > 0) | excluded)
+        crop = (slice(r0, r1), slice(c0, c1))
+        return ImportedRegions(labels[crop].copy(), excluded[crop].copy(), box, work.shape, summary)
+
+    def apply_import(self, imported: ImportedRegions) -> ImportSummary:
+        """Paint what :meth:`read_import` read into the weak labels (only inside its regions' box) and
+        recount the bags under it; return its summary."""
+        work = self._require_work()
+        assert self.weak is not None
+        if imported.shape != work.shape:
+            raise InputError("the slide was prepared again while the file was read: import it again")
+        r0, c0, r1, c1 = box = imported.box
+        labels, excluded = imported.labels, imported.excluded
+        weak = self.weak[r0:r1, c0:c1]  # a view: the session's map (and a layer showing it) changes
+        weak[labels > 0] = labels[labels > 0]
+        weak[excluded] = 0
+        self.weak_edited(box)
+        return imported.summary
 
     def bag_counts(self) -> tuple[int, int]:
-        """``(positive, negative)`` bags (tiles) the current weak labels give."""
-        if self.work is None or self.weak is None:
+        """``(positive, negative)`` bags (tiles) the current weak labels give, recounted over the whole
+        map (also after writes to :attr:`weak` nobody announced)."""
+        return self.weak_edited()
+
+    def weak_edited(self, box: tuple[int, int, int, int] | None = None) -> tuple[int, int]:
+        """The weak labels changed inside ``box`` (``(row0, col0, row1, col1)``, end exclusive; None:
+        anywhere): recount only the tiles under it and return ``(positive, negative)`` bags. A brush
+        stroke costs the tiles it touches, not the slide."""
+        if self.work is None or self.weak is None or self._bag_counter is None:
             return 0, 0
-        labels = bag_labels_from_regions(self.work.grid, self.weak, self.work.downsample)
-        return labels.n_positive, labels.n_negative
+        self._bag_counter.update(self.weak, box)
+        return self._bag_counter.counts()
+
+    @property
+    def bags(self) -> tuple[int, int]:
+        """``(positive, negative)`` bags as last counted (no recount)."""
+        return (0, 0) if self._bag_counter is None else self._bag_counter.counts()
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -349,13 +421,36 @@ class SlideSession:
     def accept(self, output: StageOutput) -> np.ndarray:
         """Take a finished job's map: store and save it, rebuild the stage's mask with the corrections
         applied; return that mask."""
+        return self.take(self.accept_job(output)())
+
+    def accept_job(self, output: StageOutput) -> Callable[[], AcceptedMap]:
+        """:meth:`accept` in two halves: checks now, and returns the heavy half (save the map as float16,
+        build the mask, read the model card) as a call that works on copies and may run in a worker
+        thread; hand its result to :meth:`take`."""
         self._require_work()
         self._require_lock()
-        probability = np.asarray(output.probability, np.float32)
-        self.project.save_array(
-            f"{output.stage}_probability", probability.astype(np.float16), **self._geometry_meta()
-        )
-        return self._set_probability(output.stage, probability)
+        assert self.tissue is not None and self.hard is not None
+        tissue, hard, meta = self.tissue, self.hard.copy(), self._geometry_meta()
+
+        def job() -> AcceptedMap:
+            probability = np.asarray(output.probability, np.float32)
+            self.project.save_array(f"{output.stage}_probability", probability.astype(np.float16), **meta)
+            mask = apply_corrections(mask_from_probability(probability, tissue), hard)
+            return AcceptedMap(output, probability, mask, hard, self.describe_model(output.stage))
+
+        return job
+
+    def take(self, accepted: AcceptedMap) -> np.ndarray:
+        """Make a map :meth:`accept_job` prepared the stage's (corrections made meanwhile applied too);
+        return its mask."""
+        assert self.hard is not None
+        stage = accepted.output.stage
+        self.probabilities[stage] = accepted.probability
+        mask = accepted.mask
+        if not np.array_equal(accepted.hard, self.hard):  # corrected while the map was saved
+            mask = apply_corrections(mask, self.hard)
+        self.masks[stage] = mask
+        return mask
 
     def train(
         self,
@@ -477,6 +572,11 @@ class SlideSession:
         """Write ``stage``'s current mask as ``"geojson"`` (QuPath), ``"asap"`` (XML) or ``"ome-zarr"``
         (labels) to ``path``, with the one export policy (:func:`~napari_milkd.core.inference.masks.
         mask_polygons`); return the path written."""
+        return self.export_job(stage, fmt, path)()
+
+    def export_job(self, stage: str, fmt: str, path: str | Path) -> Callable[[], Path]:
+        """:meth:`export` in two halves: checks now (errors at once) and returns the writing as a call on
+        the mask as it is now, which may run in a worker thread."""
         from napari_milkd.core.annotations import write_asap_xml, write_geojson, write_ome_zarr_labels
 
         work = self._require_work()
@@ -485,18 +585,21 @@ class SlideSession:
             raise InputError(f"there is no {stage} mask to export yet")
         if fmt not in EXPORT_FORMATS:
             raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-        target = Path(path)
-        if fmt == "ome-zarr":
-            write_ome_zarr_labels(
-                target, (mask > 0).astype(np.uint8), name=stage, mpp=self.info.mpp, downsample=work.downsample
-            )
+        target, mpp, offset, downsample = Path(path), self.info.mpp, self.info.offset_l0, work.downsample
+
+        def write() -> Path:
+            if fmt == "ome-zarr":
+                labels = (mask > 0).astype(np.uint8)
+                write_ome_zarr_labels(target, labels, name=stage, mpp=mpp, downsample=downsample)
+                return target
+            polygons = mask_polygons(mask > 0, downsample, mpp)
+            if fmt == "asap":
+                write_asap_xml(target, polygons)  # ASAP shows the full level-0 frame: no bounds offset
+            else:
+                write_geojson(target, polygons, mpp=mpp, offset_l0=offset)
             return target
-        polygons = mask_polygons(mask > 0, work.downsample, self.info.mpp)
-        if fmt == "asap":
-            write_asap_xml(target, polygons)  # ASAP shows the full level-0 frame: no bounds offset
-        else:
-            write_geojson(target, polygons, mpp=self.info.mpp, offset_l0=self.info.offset_l0)
-        return target
+
+        return write
 
     # --- persistence ---------------------------------------------------------------------------------
 

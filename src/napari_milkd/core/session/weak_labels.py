@@ -75,10 +75,80 @@ def bag_labels_from_regions(
         return BagLabels(np.zeros(0, np.int8))
     tumour = coverage_fractions(regions == REGION_TUMOUR, downsample, grid.origins_l0, grid.tile_l0)
     free = coverage_fractions(regions == REGION_FREE, downsample, grid.origins_l0, grid.tile_l0)
-    labels = np.full(len(grid), BAG_IGNORE, np.int8)
+    return _labels_from_fractions(tumour, free, min_positive, min_negative)
+
+
+def _labels_from_fractions(
+    tumour: np.ndarray, free: np.ndarray, min_positive: float, min_negative: float
+) -> BagLabels:
+    labels = np.full(len(tumour), BAG_IGNORE, np.int8)
     labels[(free >= min_negative) & (tumour == 0)] = BAG_NEGATIVE
     labels[tumour >= min_positive] = BAG_POSITIVE
     return BagLabels(labels)
+
+
+class BagCounter:
+    """Per-tile painted-pixel counts ("contains tumour", "tumour-free") of a region map, kept current
+    by box: after a brush stroke only the tiles under the changed box are recounted, so a stroke costs
+    the size of the stroke, not of the slide. :meth:`labels` equals :func:`bag_labels_from_regions` on
+    the same map (the same tile boxes and rules; counts are exact integers)."""
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        downsample: float,
+        regions: np.ndarray,
+        *,
+        min_positive: float = 0.25,
+        min_negative: float = 0.9,
+    ) -> None:
+        self.shape = regions.shape
+        self.min_positive, self.min_negative = min_positive, min_negative
+        o = np.asarray(grid.origins_l0, dtype=np.float64).reshape(-1, 2)
+        rows, cols = regions.shape
+        # The tile boxes of :func:`coverage_fractions`, in map pixels.
+        self.r0 = np.clip(np.floor(o[:, 0] / downsample).astype(np.int64), 0, rows)
+        self.c0 = np.clip(np.floor(o[:, 1] / downsample).astype(np.int64), 0, cols)
+        self.r1 = np.clip(np.ceil((o[:, 0] + grid.tile_l0) / downsample).astype(np.int64), 0, rows)
+        self.c1 = np.clip(np.ceil((o[:, 1] + grid.tile_l0) / downsample).astype(np.int64), 0, cols)
+        self.area = np.maximum((self.r1 - self.r0) * (self.c1 - self.c0), 1)
+        self.tumour = np.zeros(len(o), np.int64)
+        self.free = np.zeros(len(o), np.int64)
+        self.update(regions)
+
+    def update(self, regions: np.ndarray, box: tuple[int, int, int, int] | None = None) -> None:
+        """Recount the tiles that overlap ``box`` (``(row0, col0, row1, col1)``, end exclusive, in map
+        pixels; None: every tile) after ``regions`` changed there."""
+        if regions.shape != self.shape:
+            raise ValueError(f"regions are {regions.shape}, the counter was made for {self.shape}")
+        if box is None:
+            hit = np.arange(len(self.r0))
+        else:
+            y0, x0, y1, x1 = box
+            hit = np.flatnonzero((self.r0 < y1) & (self.r1 > y0) & (self.c0 < x1) & (self.c1 > x0))
+        if hit.size == 0:
+            return
+        # One integral image over the union of the hit tiles only.
+        uy0, ux0 = int(self.r0[hit].min()), int(self.c0[hit].min())
+        uy1, ux1 = int(self.r1[hit].max()), int(self.c1[hit].max())
+        part = regions[uy0:uy1, ux0:ux1]
+        r0, c0 = self.r0[hit] - uy0, self.c0[hit] - ux0
+        r1, c1 = self.r1[hit] - uy0, self.c1[hit] - ux0
+        for value, counts in ((REGION_TUMOUR, self.tumour), (REGION_FREE, self.free)):
+            integral = np.zeros((part.shape[0] + 1, part.shape[1] + 1), np.int64)
+            integral[1:, 1:] = (part == value).cumsum(0, dtype=np.int64).cumsum(1)
+            counts[hit] = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+
+    def labels(self) -> BagLabels:
+        """The bag labels the current counts give."""
+        return _labels_from_fractions(
+            self.tumour / self.area, self.free / self.area, self.min_positive, self.min_negative
+        )
+
+    def counts(self) -> tuple[int, int]:
+        """``(positive, negative)`` bags."""
+        labels = self.labels()
+        return labels.n_positive, labels.n_negative
 
 
 def whole_slide_negative(grid: TileGrid) -> BagLabels:

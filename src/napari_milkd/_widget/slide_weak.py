@@ -1,0 +1,151 @@
+"""Step 2 of the slide widget, weak labels: paint, mark all tumour-free, import regions, and the bag note.
+
+A part of :class:`~napari_milkd._widget.slide_widget.SlideWidget` (mixed into it; it uses the widget's
+session, layers, jobs and timers). A brush stroke costs the tiles under it: napari's ``paint`` event gives
+the box of what changed (:func:`~napari_milkd._widget.weak_edits.paint_box`), and once control returns to
+Qt (napari may emit ``paint`` before it writes the pixels) :meth:`SlideSession.weak_edited` recounts only
+the tiles under that box. An import is read and rasterised in a worker and painted when it is done.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
+from napari_milkd._widget.qt_helpers import notify_error, notify_info, notify_warning
+from napari_milkd._widget.weak_edits import Box, paint_box
+from napari_milkd.core.errors import MilkdError
+from napari_milkd.core.session.slide_session import ImportedRegions
+
+if TYPE_CHECKING:
+    from napari_milkd._widget.background import Background
+    from napari_milkd._widget.slide_layers import SlideLayers
+    from napari_milkd.core.session.slide_session import SlideSession
+
+
+class WeakLabelsPart:
+    """The weak-labels step of the slide widget (see the module docstring)."""
+
+    if TYPE_CHECKING:  # provided by SlideWidget / SlideForm
+        viewer: Any
+        layers: SlideLayers
+        jobs: Background
+        _autosave: QTimer
+        _bags: tuple[int, int]
+
+        def _prepared(self) -> SlideSession | None: ...
+        def _refuse_when_busy(self) -> bool: ...
+        def _update_buttons(self) -> None: ...
+        def show_bags(self, positive: int, negative: int) -> None: ...
+
+    def _init_weak_labels(self) -> None:
+        # Strokes not counted yet (their boxes; None: somewhere), counted when control returns to Qt.
+        self._strokes: list[Box | None] = []
+        self._bag_timer = QTimer(self, singleShot=True, interval=0)  # type: ignore[call-overload]
+        self._bag_timer.timeout.connect(self._update_bag_note)
+
+    def weak_layer(self) -> Labels | None:
+        """The weak-labels layer of the prepared slide."""
+        return self.layers.get("weak labels") if self._prepared() is not None else None
+
+    def start_painting(self, value: int) -> None:
+        """Select the weak-labels layer in paint mode with ``value`` (1 contains tumour, 2 tumour-free)."""
+        layer = self.weak_layer()
+        if layer is None:
+            notify_error("prepare the slide first")
+            return
+        self.viewer.layers.selection.active = layer
+        layer.selected_label = value
+        layer.mode = "paint"
+
+    def mark_all_free(self) -> None:
+        """Mark all tissue tumour-free (a negative slide); painted tumour regions are kept."""
+        layer, session = self.weak_layer(), self._prepared()
+        if layer is not None and session is not None:
+            session.mark_all_free()
+            layer.refresh()
+            self._on_weak_edit()
+
+    def import_regions(self, path: str | Path, class_map: dict[str, str] | None = None) -> None:
+        """Add regions from a QuPath GeoJSON or ASAP XML file; ``class_map`` (class → label) wins. The
+        file is read and rasterised in a worker; the regions are painted when it is done."""
+        session = self._prepared()
+        if session is None or self.weak_layer() is None:
+            notify_error("prepare the slide first")
+            return
+        if self._refuse_when_busy():
+            return
+        name = Path(path).name
+
+        def imported(regions: ImportedRegions) -> None:
+            layer = self.weak_layer()
+            if layer is None or self._prepared() is not session:
+                return  # the slide was prepared again meanwhile
+            try:
+                summary = session.apply_import(regions)
+            except MilkdError as exc:
+                notify_error(exc)
+                return
+            layer.refresh()
+            self._on_weak_edit()
+            for warning in summary.warnings[:3]:
+                notify_warning(warning)
+            notify_info(import_message(summary, name))
+
+        read = partial(session.read_import, path, class_map=class_map)
+        self.jobs.run(read, text=f"importing {name}…", done=imported, failed="")
+
+    def review_import(self, path: str | Path) -> ClassMapDialog | None:
+        """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
+        return class_map_dialog(self._prepared(), path, self, self.import_regions)
+
+    def _import_dialog(self) -> None:
+        path = QFileDialog.getOpenFileName(
+            self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
+        )[0]
+        if path and (dialog := self.review_import(path)) is not None:
+            dialog.exec()
+            dialog.deleteLater()
+
+    def _on_weak_edit(self, *_: object) -> None:
+        """A stroke or a new map in the weak-labels layer (whose data is the session's map)."""
+        layer, session = self.weak_layer(), self._prepared()
+        if layer is None or session is None:
+            return
+        if layer.data is not session.weak:  # the whole map was replaced (``layer.data = ...``)
+            try:
+                session.set_weak_labels(np.asarray(layer.data))
+            except MilkdError as exc:
+                notify_error(exc)
+            layer.data = session.weak  # strokes land in the session again (this comes back here)
+            return
+        self._update_bag_note()
+        self._autosave.start()
+
+    def _on_weak_paint(self, event: Any) -> None:
+        """A brush stroke (or fill, erase) in the weak-labels layer: count its tiles soon."""
+        layer = self.weak_layer()
+        if layer is None:
+            return
+        self._strokes.append(paint_box(getattr(event, "value", None), layer.data.shape))
+        self._bag_timer.start()
+        self._autosave.start()
+
+    def _update_bag_note(self) -> None:
+        session = self._prepared()
+        if session is None:
+            self._bags = (0, 0)
+        else:
+            strokes, self._strokes = self._strokes, []
+            for box in strokes:
+                session.weak_edited(box)
+            self._bags = session.bags
+        self.show_bags(*self._bags)
+        self._update_buttons()
