@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import settings
 
 from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from slide_images import mean_levels, textured_image
 
 # CI (scripts/test.sh) runs the property tests derandomized, so a run is repeatable; locally they explore.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -70,35 +70,11 @@ def dicom_dcm() -> Path:
     return max(folder.glob("*.dcm"), key=lambda p: p.stat().st_size)
 
 
-def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth, structured RGB test image (JPEG-friendly, every position distinguishable)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            128 + 100 * np.sin(xx / 37.0 + rng.uniform(0, 6)),
-            128 + 100 * np.cos(yy / 23.0 + rng.uniform(0, 6)),
-            128 + 100 * np.sin((xx + yy) / 51.0),
-        ],
-        axis=-1,
-    )
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
-def _levels(level0: np.ndarray, factors: tuple[int, ...]) -> list[np.ndarray]:
-    h, w = level0.shape[:2]
-    out = [level0]
-    for f in factors:
-        hh, ww = h // f, w // f
-        out.append(level0[: hh * f, : ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3)).astype(np.uint8))
-    return out
-
-
 @pytest.fixture(scope="session")
 def exact_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generic TIFF, 4 levels, exact non-power-of-two downsamples 1, 3, 6, 15; 0.25 µm/px; tile 128."""
     path = tmp_path_factory.mktemp("slides") / "exact.tiff"
-    write_pyramidal_tiff(path, _levels(textured_image(1200, 1530), (3, 6, 15)), mpp=0.25, tile=128)
+    write_pyramidal_tiff(path, mean_levels(textured_image(1200, 1530), (3, 6, 15)), mpp=0.25, tile=128)
     return path
 
 

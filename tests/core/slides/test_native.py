@@ -17,31 +17,7 @@ from napari_milkd.core.slides.native import TiffTileSource
 from napari_milkd.core.slides.sample import write_pyramidal_tiff
 from napari_milkd.core.slides.slide import OpenSlideSource, open_slide, rgba_to_rgb_on_white
 from napari_milkd.core.slides.zarr_store import slide_levels
-
-
-def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth, structured RGB (JPEG-friendly; every position distinguishable)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            128 + 100 * np.sin(xx / 37.0 + rng.uniform(0, 6)),
-            128 + 100 * np.cos(yy / 23.0 + rng.uniform(0, 6)),
-            128 + 100 * np.sin((xx + yy) / 51.0),
-        ],
-        axis=-1,
-    )
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
-def _levels(level0: np.ndarray, factors: tuple[int, ...]) -> list[np.ndarray]:
-    h, w = level0.shape[:2]
-    out = [level0]
-    for f in factors:
-        hh, ww = h // f, w // f
-        out.append(level0[: hh * f, : ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3)).astype(np.uint8))
-    return out
-
+from slide_images import mean_levels, textured_image
 
 #: Largest per-channel difference allowed on lossy (JPEG, JPEG 2000) slides: both readers use
 #: libjpeg-turbo / OpenJPEG, and every slide measured so far is identical (0); 2 allows for a
@@ -59,7 +35,7 @@ def _auto_reader(monkeypatch: pytest.MonkeyPatch) -> None:
 def generated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 4-level generic TIFF (downsamples 1, 2, 4, 8; sizes not multiples of the 128² tile)."""
     path = tmp_path_factory.mktemp("native") / f"pyramid-{request.param}.tiff"
-    levels = _levels(textured_image(1000, 1240, seed=3), (2, 4, 8))
+    levels = mean_levels(textured_image(1000, 1240, seed=3), (2, 4, 8))
     write_pyramidal_tiff(path, levels, mpp=0.5, tile=128, compression=request.param)
     return path, request.param
 
