@@ -43,3 +43,16 @@ def qupath_export(path: Path) -> Path:
     ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
+
+
+#: The class table of :func:`qupath_export` under the default semantics, as ``milkd annotations --json``
+#: prints it: base classes of derived ones, ``Ignore*`` and unknown classes ignored, never tumour-free.
+QUPATH_EXPORT_CLASSES = [
+    {"name": "Tumor", "label": "positive", "count": 3},
+    {"name": "Stroma", "label": "negative", "count": 1},
+    {"name": "Ignore*", "label": "ignored", "count": 1},
+    {"name": "Necrosis", "label": "ignored", "count": 1},
+    {"name": "(unclassified)", "label": "ignored", "count": 1},
+    {"name": "Non-Tumor", "label": "negative", "count": 1},
+    {"name": "Other", "label": "ignored", "count": 1},
+]

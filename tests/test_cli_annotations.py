@@ -11,7 +11,7 @@ import shapely
 
 from napari_milkd.cli import main
 from napari_milkd.core.annotations import polygons_to_mask, read_asap_xml, read_geojson
-from qupath_files import qupath_export
+from qupath_files import QUPATH_EXPORT_CLASSES, qupath_export
 
 
 def test_json_is_exactly_one_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,15 +21,7 @@ def test_json_is_exactly_one_object(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(out.strip().splitlines()) == 1
     payload = json.loads(out)
     assert payload == {
-        "classes": [
-            {"name": "Tumor", "label": "positive", "count": 3},
-            {"name": "Stroma", "label": "negative", "count": 1},
-            {"name": "Ignore*", "label": "ignored", "count": 1},
-            {"name": "Necrosis", "label": "ignored", "count": 1},
-            {"name": "(unclassified)", "label": "ignored", "count": 1},
-            {"name": "Non-Tumor", "label": "negative", "count": 1},
-            {"name": "Other", "label": "ignored", "count": 1},
-        ],
+        "classes": QUPATH_EXPORT_CLASSES,
         "skipped": {"detection": 3, "cell": 4, "tile": 1},
     }
     assert "unknown classes ignored" in err and "'Necrosis' ×1" in err

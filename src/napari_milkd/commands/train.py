@@ -226,6 +226,21 @@ def _refuse(out: Path, what: str, then: Any = None, now: Any = None) -> InputErr
     )
 
 
+def _has_run(out: Path, checkpoints: tuple[Path, ...]) -> bool:
+    """Whether ``out`` already holds (part of) a run: a checkpoint or its ``config.json``."""
+    return any(c.exists() for c in checkpoints) or (out / "config.json").is_file()
+
+
+def _write_run_config(out: Path, meta: dict[str, Any], resuming: bool) -> None:
+    """Create ``out`` and write the run's ``config.json`` (a resumed run keeps the one it has)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    if not (out / "config.json").is_file() or not resuming:
+        _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+
+
 def _check_resume(
     out: Path,
     meta: dict[str, Any],
@@ -360,9 +375,7 @@ def _run_folder(args: argparse.Namespace) -> int:
             "notes": bags.notes,
         },
     }
-    resuming = args.resume and (
-        teacher_ckpt.exists() or student_ckpt.exists() or (out / "config.json").is_file()
-    )
+    resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
     if resuming:  # everything is checked before anything is written
         _check_resume(out, meta, (teacher_ckpt, student_ckpt))
     if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
@@ -372,12 +385,7 @@ def _run_folder(args: argparse.Namespace) -> int:
                 spec = ModelSpec.for_config(config, mpp=saved.mpp)
                 meta["spec"] = spec.to_dict()
                 break
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(out, exc) from exc
-    if not (out / "config.json").is_file() or not resuming:
-        _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    _write_run_config(out, meta, resuming)
     for note in bags.notes:
         print(f"note: {note}", file=sys.stderr)
     print(
@@ -477,17 +485,10 @@ def _run_slides(args: argparse.Namespace) -> int:
         ],
     }
     meta = {"preset": args.preset, "config": config.to_dict(), "spec": spec.to_dict(), "data": data}
-    resuming = args.resume and (
-        teacher_ckpt.exists() or student_ckpt.exists() or (out / "config.json").is_file()
-    )
+    resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
     if resuming:  # everything is checked before anything is written
         _check_resume(out, meta, (teacher_ckpt, student_ckpt), _SLIDE_DATA_FIELDS, "--work-mpp")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(out, exc) from exc
-    if not (out / "config.json").is_file() or not resuming:
-        _write_atomic(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    _write_run_config(out, meta, resuming)
     for s in per_slide:
         for warning in s.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -28,7 +28,7 @@ from napari_milkd.core.annotations import (
 )
 from napari_milkd.core.annotations.io import annotation_report
 from napari_milkd.core.errors import InputError
-from qupath_files import qupath_export, qupath_feature
+from qupath_files import QUPATH_EXPORT_CLASSES, qupath_export, qupath_feature
 
 
 def test_qupath_object_types_and_derived_classes(tmp_path: Path) -> None:
@@ -47,15 +47,7 @@ def test_qupath_object_types_and_derived_classes(tmp_path: Path) -> None:
 def test_unknown_classes_are_ignored_never_tumour_free(tmp_path: Path) -> None:
     result = read_geojson(qupath_export(tmp_path / "export.geojson"))
     report = annotation_report(result)
-    assert [r.to_dict() for r in report.classes] == [
-        {"name": "Tumor", "label": "positive", "count": 3},
-        {"name": "Stroma", "label": "negative", "count": 1},
-        {"name": "Ignore*", "label": "ignored", "count": 1},
-        {"name": "Necrosis", "label": "ignored", "count": 1},
-        {"name": "(unclassified)", "label": "ignored", "count": 1},
-        {"name": "Non-Tumor", "label": "negative", "count": 1},
-        {"name": "Other", "label": "ignored", "count": 1},
-    ]
+    assert [r.to_dict() for r in report.classes] == QUPATH_EXPORT_CLASSES
     assert report.message == (
         "unknown classes ignored (not painted; map them with a class map): 'Necrosis' ×1, "
         "'(unclassified)' ×1, 'Other' ×1; skipped 3 detection, 4 cell, 1 tile"

@@ -376,27 +376,13 @@ def make_jobs(
     out_dir: str | os.PathLike[str],
     **options: Any,
 ) -> list[PredictJob]:
-    """One :class:`PredictJob` per slide; refuses missing slides, two slides with the same name, and a
-    model whose µm/px is unknown or contradicted by ``options["mpp"]`` (see :func:`model_mpp`), before any
-    job starts. (A cohort that goes on past bad slides: :func:`plan_cohort`.)"""
-    from napari_milkd.core.engine.checkpoint import load_checkpoint
-
-    checkpoint = resolve_checkpoint(run)
-    model_mpp(checkpoint_spec(load_checkpoint(checkpoint)), options.get("mpp"), checkpoint)
-    jobs: list[PredictJob] = []
-    seen: dict[str, str] = {}
-    for slide in slides:
-        check_slide_path(slide)  # SlideError for a missing path, before any work starts
-        name = slide_name(slide)
-        if name in seen:
-            raise InputError(f"two slides would both write {name}.zarr: {seen[name]} and {slide}")
-        seen[name] = str(slide)
-        jobs.append(
-            PredictJob(
-                slide=str(slide), checkpoint=str(checkpoint), out_dir=str(out_dir), name=name, **options
-            )
-        )
-    return jobs
+    """One :class:`PredictJob` per slide, all or nothing: :func:`plan_cohort`'s checks, and the first
+    slide that cannot be predicted raises :class:`SlideError` (a cohort that goes on past bad slides:
+    :func:`plan_cohort` itself)."""
+    plan = plan_cohort(slides, run, out_dir, **options)
+    if plan.failures:
+        raise SlideError(plan.failures[0].line())
+    return plan.jobs
 
 
 def plan_cohort(
