@@ -52,7 +52,7 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
     from napari_milkd.core.session.jobs import StageOutput
     from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     slide = viewer.layers[0]
     viewer.layers.selection.active = slide
     out: dict[str, Any] = {}

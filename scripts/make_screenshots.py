@@ -48,7 +48,7 @@ def folder_screenshot(glas: Path, backbone: str, epochs: int) -> None:
     """The image-folder widget on GlaS (images + grade CSV + masks), reviewing a malignant image."""
     viewer = napari.Viewer(title="napari-milkd")
     viewer.window._qt_window.resize(1500, 950)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd image folder")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Image-folder masks")
     widget.images_edit.setText(str(glas / "images"))
     widget.csv_edit.setText(str(glas / "grade_train.csv"))
     widget.masks_edit.setText(str(glas / "masks"))
@@ -118,7 +118,7 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-milkd")
     viewer.window._qt_window.resize(1500, 950)
     viewer.open_sample("napari-milkd", "sample_slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     training = widget.training
     training.backbone_combo.setCurrentText(args.backbone)
     training.device_combo.setCurrentIndex(training.device_combo.findData("cpu"))

@@ -26,6 +26,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = Path(os.environ.get("MILKD_TEST_CACHE_DIR") or tmp_path_factory.mktemp("milkd-cache"))
     os.environ["MILKD_CACHE_DIR"] = str(folder)
     os.environ["MILKD_PROJECTS"] = str(folder / "user-data" / "projects")
+    os.environ["MILKD_CONFIG_DIR"] = str(folder / "user-config")
     return folder
 
 

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from napari_milkd.core.slides.sample import write_pyramidal_tiff
 
 
 def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -31,3 +35,12 @@ def mean_levels(level0: np.ndarray, factors: tuple[int, ...]) -> list[np.ndarray
         hh, ww = h // f, w // f
         out.append(level0[: hh * f, : ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3)).astype(np.uint8))
     return out
+
+
+def tissue_square_slide(path: Path) -> Path:
+    """A 384×512 single-level tiled TIFF at 0.5 µm/px: a pink square of "tissue" on white glass."""
+    image = np.full((384, 512, 3), 245, np.uint8)
+    image[64:320, 96:416] = (220, 120, 180)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_pyramidal_tiff(path, [image], mpp=0.5, tile=128)
+    return path

@@ -22,6 +22,7 @@ from napari_milkd.core.engine.config import TrainResult
 from napari_milkd.core.session.jobs import StageOutput
 from napari_milkd.core.slides.geometry import tissue_map
 from napari_milkd.core.slides.sample import GENERATION_STEPS, coarse_regions
+from slide_images import tissue_square_slide
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every document that quotes a menu path; each path is written in bold: **File ▸ Open Sample ▸ …**.
@@ -75,7 +76,11 @@ def test_menu_paths_in_the_docs_and_hints_exist_in_napari(make_napari_viewer) ->
     paths = _menu_paths(viewer)
     quoted = _quoted_paths()
     assert ("File", "Open Sample", "Synthetic H&E slide with a tumour (milkd)") in quoted
-    assert ("Plugins", "milkd", "milkd") in quoted and ("Plugins", "milkd", "milkd image folder") in quoted
+    assert ("Plugins", "milkd", "Slide masks") in quoted and (
+        "Plugins",
+        "milkd",
+        "Image-folder masks",
+    ) in quoted
     missing = {" ▸ ".join(path): doc for path, doc in quoted.items() if path not in paths}
     assert not missing, f"menu paths quoted but not in napari: {missing}"
     # The hint the slide widget shows before a slide is open.
@@ -128,7 +133,7 @@ def test_greyed_buttons_say_why(
     tcga_svs: Path, make_napari_viewer, qtbot, fresh_project: Path, monkeypatch
 ) -> None:
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     assert isinstance(widget, SlideWidget)
     assert not widget.prepare_button.isEnabled()
     assert "open a slide first" in widget.prepare_button.toolTip()
@@ -179,3 +184,38 @@ def test_greyed_buttons_say_why(
     assert target.exists()
     assert any("wrote out.geojson (its mask layer was deleted)" in m for m in messages), messages
     assert not any("no teacher mask" in m for m in messages), messages
+
+
+def test_projects_go_where_the_user_chooses_never_beside_the_slide(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch
+) -> None:
+    """The dock shows where projects go and can change it; a slide in a writable folder gets nothing
+    written beside it; the chosen folder is remembered for the next widget."""
+    monkeypatch.delenv("MILKD_PROJECTS")  # when set, it wins at start-up (scripted use)
+    monkeypatch.setenv("MILKD_CONFIG_DIR", str(tmp_path / "config"))
+    share = tmp_path / "scanner-share"
+    slide = tissue_square_slide(share / "case 7.tiff")
+    chosen = tmp_path / "my projects"
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
+    assert widget.projects_note.toolTip().startswith("New projects")
+    assert "never written to" in widget.projects_button.toolTip()
+
+    monkeypatch.setattr(slide_form.QFileDialog, "getExistingDirectory", lambda *a, **k: str(chosen))
+    widget.projects_button.click()
+    assert widget.projects_root == chosen.resolve() and chosen.is_dir()
+    assert "my projects" in widget.projects_note.text()
+    assert str(chosen.resolve()) in widget.projects_note.toolTip()
+
+    viewer.open(str(slide), plugin="napari-milkd")
+    widget.prepare_button.click()
+    qtbot.waitUntil(lambda: widget.session is not None and widget.training.worker is None, timeout=60_000)
+    assert widget.session.project.root.parent == chosen.resolve()
+    assert str(widget.session.project.root) in widget.result_note.toolTip()
+    widget.session.save()
+    assert sorted(p.name for p in share.iterdir()) == ["case 7.tiff"]
+
+    # A second dock (napari restarted) starts from the chosen folder.
+    second = SlideWidget(viewer)
+    assert second.projects_root == chosen.resolve()
+    second.close()

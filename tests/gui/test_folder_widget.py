@@ -41,16 +41,21 @@ def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Pa
     images, csv, masks = _image_folder(tmp_path)
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1400, 950)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd image folder")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Image-folder masks")
     assert isinstance(widget, ImageFolderWidget)
-    assert not widget.train_button.isEnabled()
-
+    # Greyed buttons say what is missing (issue #17).
+    assert not widget.train_button.isEnabled() and "load the images first" in widget.train_button.toolTip()
+    assert not widget.load_button.isEnabled()
+    assert "choose an image folder and a label CSV first" in widget.load_button.toolTip()
+    assert "train teacher and student first" in widget.next_button.toolTip()
+    widget.images_edit.setText(str(images))
+    assert not widget.load_button.isEnabled()
     before = len(notification_manager.records)
-    widget.load_button.click()  # nothing chosen yet: refused with a notification
+    widget.start_load()  # reached without the button (e.g. a script): refused with a notification
     assert widget.training.worker is None
     assert any("choose an image folder" in str(n.message) for n in notification_manager.records[before:])
-    widget.images_edit.setText(str(images))
     widget.csv_edit.setText(str(csv))
+    assert widget.load_button.isEnabled() and widget.load_button.toolTip().startswith("Read the images")
     widget.masks_edit.setText(str(masks))
     widget.label_column.setText("diagnosis")
     widget.name_column.setText("file")
@@ -77,6 +82,7 @@ def test_folder_widget_load_train_review(make_napari_viewer, qtbot, tmp_path: Pa
     assert np.array_equal(viewer.layers["milkd folder image"].data, widget.bags.images[1])
     widget.prev_button.click()
     assert widget.index == 0 and not widget.prev_button.isEnabled()
+    assert "this is the first image" in widget.prev_button.toolTip()
     viewer.reset_view()
     qtbot.wait(200)
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), "folder-widget")

@@ -59,7 +59,7 @@ def _qupath_file(path: Path) -> Path:
 def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
     viewer = make_napari_viewer(show=False)
     viewer.open_sample("napari-milkd", "sample_slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     widget.prepare_button.click()
     qtbot.waitUntil(lambda: WEAK in viewer.layers and widget.training.worker is None, timeout=60_000)
     return viewer, widget

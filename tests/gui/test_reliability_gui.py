@@ -31,7 +31,7 @@ WEAK = "milkd synthetic sample weak labels"
 def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
     viewer = make_napari_viewer(show=False)
     viewer.open_sample("napari-milkd", "sample_slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     widget.training.backbone_combo.setCurrentText("tiny")
     widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
     widget.training.teacher_epochs.value = 1

@@ -58,7 +58,7 @@ def test_sample_slide_and_widget_prepare(
     assert slide.multiscale and len(slide.data) == 3
     assert isinstance(truth, Shapes) and tuple(truth.scale) == pytest.approx((0.5, 0.5))
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     assert isinstance(widget, SlideWidget)
     assert widget.layer_combo.currentText() == "milkd synthetic sample"
     assert "0.5000 × 0.5000 µm/px" in widget.facts.text()
@@ -98,7 +98,7 @@ def test_sample_slide_and_widget_prepare(
 def test_slide_without_mpp_asks_for_it(tcga_svs: Path, make_napari_viewer, qtbot) -> None:
     viewer = make_napari_viewer()
     viewer.open(str(tcga_svs), plugin="napari-milkd")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     assert "unknown" in widget.facts.text()
     assert not widget.mpp_apply.isHidden()
     assert not widget.prepare_button.isEnabled() and "µm/px" in widget.prepare_button.toolTip()

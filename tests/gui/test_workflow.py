@@ -36,7 +36,7 @@ def _open(
     viewer = make_napari_viewer(show=show)
     viewer.window._qt_window.resize(1400, 950)
     viewer.open_sample("napari-milkd", "sample_slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     widget.training.backbone_combo.setCurrentText("tiny")
     widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
     widget.training.teacher_epochs.value = 1

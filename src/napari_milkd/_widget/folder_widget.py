@@ -26,11 +26,36 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_milkd._widget.qt_helpers import notify_error, stack_in_scroll_area
+from napari_milkd._widget.qt_helpers import enable_with_reasons, notify_error, stack_in_scroll_area
+from napari_milkd._widget.slide_buttons import WAIT, first_reason
 from napari_milkd._widget.training_panel import TrainingPanel
 
 if TYPE_CHECKING:
     import napari
+
+NEEDS_PATHS = "choose an image folder and a label CSV first"
+LOAD_FIRST = "load the images first"
+TRAIN_FIRST = "train teacher and student first"
+TOOLTIPS = {
+    "load_button": "Read the images, their labels (and masks) in the background.",
+    "train_button": "Train the MIL teacher, distil the student, then predict every image.",
+    "prev_button": "The previous image, with both masks.",
+    "next_button": "The next image, with both masks.",
+}
+
+
+def folder_button_reasons(
+    *, busy: bool, has_paths: bool, loaded: bool, trained: bool, index: int, count: int
+) -> dict[str, str | None]:
+    """For each button of the image-folder widget: None when it may be pressed, else why not."""
+    wait = WAIT if busy else None
+    review = TRAIN_FIRST if not trained else None
+    return {
+        "load_button": first_reason(wait, None if has_paths else NEEDS_PATHS),
+        "train_button": first_reason(wait, None if loaded else LOAD_FIRST),
+        "prev_button": first_reason(review, None if index > 0 else "this is the first image"),
+        "next_button": first_reason(review, None if index < count - 1 else "this is the last image"),
+    }
 
 
 class ImageFolderWidget(QWidget):
@@ -116,6 +141,8 @@ class ImageFolderWidget(QWidget):
         self.training.busy_changed.connect(self._update_buttons)
         self.prev_button.clicked.connect(lambda: self.show_image(self.index - 1))
         self.next_button.clicked.connect(lambda: self.show_image(self.index + 1))
+        self.images_edit.textChanged.connect(self._update_buttons)
+        self.csv_edit.textChanged.connect(self._update_buttons)
         self._update_buttons()
 
     def _browse(self, edit: QLineEdit, title: str, is_dir: bool) -> None:
@@ -126,15 +153,19 @@ class ImageFolderWidget(QWidget):
         if path:
             edit.setText(path)
 
-    def _update_buttons(self) -> None:
+    def _update_buttons(self, *_: object) -> None:
         busy = self.training.worker is not None
-        self.load_button.setEnabled(not busy)
-        self.train_button.setEnabled(not busy and self.bags is not None)
+        reasons = folder_button_reasons(
+            busy=busy,
+            has_paths=bool(self.images_edit.text().strip() and self.csv_edit.text().strip()),
+            loaded=self.bags is not None,
+            trained=self.output is not None,
+            index=self.index,
+            count=0 if self.bags is None else len(self.bags),
+        )
+        enable_with_reasons(self, reasons, TOOLTIPS)
         self.training.cancel_button.setEnabled(busy)
         self.training.progress.setVisible(busy)
-        reviewable = self.output is not None
-        self.prev_button.setEnabled(reviewable and self.index > 0)
-        self.next_button.setEnabled(reviewable and self.bags is not None and self.index < len(self.bags) - 1)
 
     def run_dir(self) -> Path:
         """Where checkpoints go: the image folder's project, ``<user data>/napari-milkd/projects/
@@ -174,6 +205,7 @@ class ImageFolderWidget(QWidget):
         skipped = f", {len(bags.skipped)} rows skipped" if bags.skipped else ""
         self.load_note.setText(f"{len(bags)} images: {bags.n_pos} positive, {bags.n_neg} negative{skipped}")
         self.training.status.setText("")
+        self._update_buttons()
 
     def start_training(self) -> None:
         """Train teacher then student in a worker, then predict every image."""

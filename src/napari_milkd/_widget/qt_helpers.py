@@ -20,6 +20,15 @@ from napari_milkd.core.errors import MilkdError
 PREFIX = "milkd: "
 
 
+def enable_with_reasons(owner: object, reasons: dict[str, str | None], tooltips: dict[str, str]) -> None:
+    """Enable each button of ``owner`` named in ``reasons`` whose reason is None; a greyed one's tooltip
+    says why (``Disabled: <reason>.``), an enabled one's is its own from ``tooltips``."""
+    for name, reason in reasons.items():
+        button = getattr(owner, name)
+        button.setEnabled(reason is None)
+        button.setToolTip(tooltips[name] if reason is None else f"Disabled: {reason}.")
+
+
 def _toast(message: str, detail: str | None) -> str:
     """napari's toast shows the first line (elided); the detail is there when it is expanded."""
     return PREFIX + message + (f"\n{detail}" if detail else "")

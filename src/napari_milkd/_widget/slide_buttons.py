@@ -71,7 +71,8 @@ def no_mask_reason(stage: str, has_model: bool) -> str:
     return f"{NO_MASK.format(stage=stage)}: {TEACHER_FIRST if stage == 'teacher' else STUDENT_FIRST}"
 
 
-def _first(*reasons: str | None) -> str | None:
+def first_reason(*reasons: str | None) -> str | None:
+    """The first of ``reasons`` that is not None: why a button is greyed, or None when it is not."""
     return next((reason for reason in reasons if reason), None)
 
 
@@ -81,18 +82,20 @@ def button_reasons(state: SlideState) -> dict[str, str | None]:
     bags = None if state.positive and state.negative else NEEDS_BAGS
     stage = state.export_stage
     reasons: dict[str, str | None] = {
-        "prepare_button": _first(
+        "prepare_button": first_reason(
             OPEN_SLIDE if not state.has_slide else None,
             NEEDS_MPP if not state.has_mpp else None,
             WAIT if state.busy else None,
         ),
-        "train_teacher_button": _first(ready, bags),
-        "train_student_button": _first(ready, None if "teacher" in state.models else TEACHER_FIRST, bags),
-        "next_round_button": _first(ready, None if "student" in state.models else STUDENT_FIRST, bags),
-        "review_button": _first(
+        "train_teacher_button": first_reason(ready, bags),
+        "train_student_button": first_reason(
+            ready, None if "teacher" in state.models else TEACHER_FIRST, bags
+        ),
+        "next_round_button": first_reason(ready, None if "student" in state.models else STUDENT_FIRST, bags),
+        "review_button": first_reason(
             PREPARE_FIRST if not state.prepared else None, None if state.masks else TEACHER_FIRST
         ),
-        "export_button": _first(
+        "export_button": first_reason(
             ready, None if stage in state.masks else no_mask_reason(stage, stage in state.models)
         ),
     }

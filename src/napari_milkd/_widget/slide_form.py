@@ -9,6 +9,7 @@ a µm/px the file lacks, and enables buttons from a few yes/no facts. It holds n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,18 @@ from qtpy.QtWidgets import (
 )
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META
-from napari_milkd._widget.qt_helpers import fmt_mpp, notify_info, stack_in_scroll_area
+from napari_milkd._widget.qt_helpers import (
+    enable_with_reasons,
+    fmt_mpp,
+    notify_error,
+    notify_info,
+    stack_in_scroll_area,
+)
 from napari_milkd._widget.slide_buttons import SlideState, button_reasons
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
 from napari_milkd._widget.training_panel import TrainingPanel
+from napari_milkd.core.errors import MilkdError
+from napari_milkd.core.session.project import PROJECTS_ENV, choose_projects_root, projects_root
 from napari_milkd.core.slides.slide import level_for_mpp
 from napari_milkd.core.slides.types import SlideInfo
 
@@ -102,6 +111,14 @@ class SlideForm(QWidget):
         self.level_note = QLabel("")
         self.tile_spin = QSpinBox(minimum=32, maximum=1024, singleStep=32, value=128)
         self.tile_spin.setSuffix(" px")
+        self.projects_root = projects_root()
+        self.projects_note = QLabel("")
+        self.projects_note.setWordWrap(True)
+        self.projects_button = QPushButton("Change…")
+        self.projects_button.setToolTip(
+            "Choose the folder new projects go to (remembered). Slides are never written to."
+        )
+        self._show_projects_root()
         self.prepare_button = QPushButton("Prepare slide")
         self.prepare_button.setToolTip("Find tissue and tiles at the working resolution; restore saved work.")
         self.result_note = QLabel("")
@@ -146,6 +163,7 @@ class SlideForm(QWidget):
         self.layer_combo.currentIndexChanged.connect(self._show_facts)
         self.target_spin.valueChanged.connect(self._show_facts)
         self.mpp_apply.clicked.connect(self._apply_mpp)
+        self.projects_button.clicked.connect(self.choose_projects_folder)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
 
@@ -158,6 +176,7 @@ class SlideForm(QWidget):
         form.addRow("Work at", self.target_spin)
         form.addRow("", self.level_note)
         form.addRow("Tile size", self.tile_spin)
+        form.addRow("Projects in", _row(self.projects_note, self.projects_button))
         form.addRow(self.prepare_button)
         form.addRow(self.result_note)
 
@@ -195,6 +214,29 @@ class SlideForm(QWidget):
                 self, "Export OME-Zarr labels", str(start), "OME-Zarr (*.zarr)"
             )[0]
         return QFileDialog.getSaveFileName(self, "Export mask", str(start), f"*{start.suffix}")[0]
+
+    # --- where projects go --------------------------------------------------------------------------
+
+    def _show_projects_root(self) -> None:
+        self.projects_note.setText(f"<i>{self.projects_root.name or self.projects_root}</i>")
+        self.projects_note.setToolTip(
+            f"New projects (weak labels, masks, models, exports) go to {self.projects_root}; "
+            "a slide's existing project is found wherever it was made."
+            + (f" (${PROJECTS_ENV} chose it at start-up)" if os.environ.get(PROJECTS_ENV) else "")
+        )
+
+    def choose_projects_folder(self) -> None:
+        """Ask for the folder new projects go to, and remember it (the next Prepare uses it)."""
+        folder = QFileDialog.getExistingDirectory(self, "Folder for milkd projects", str(self.projects_root))
+        if not folder:
+            return
+        try:
+            self.projects_root = choose_projects_root(folder)
+        except MilkdError as exc:
+            notify_error(exc)
+            return
+        self._show_projects_root()
+        notify_info(f"new projects go to {self.projects_root}", "Projects made before are still found.")
 
     # --- the slide layer ---------------------------------------------------------------------------
 
@@ -278,9 +320,6 @@ class SlideForm(QWidget):
 
     def enable(self, state: SlideState) -> None:
         """Enable what may be pressed in ``state``; a greyed button's tooltip says what is missing."""
-        for name, reason in button_reasons(state).items():
-            button = getattr(self, name)
-            button.setEnabled(reason is None)
-            button.setToolTip(self._tooltips[name] if reason is None else f"Disabled: {reason}.")
+        enable_with_reasons(self, button_reasons(state), self._tooltips)
         self.training.cancel_button.setEnabled(state.busy)
         self.training.progress.setVisible(state.busy)

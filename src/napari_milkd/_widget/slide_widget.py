@@ -45,6 +45,7 @@ from napari_milkd._widget.slide_weak import WeakLabelsPart
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.runtime import leave_cores_for_the_gui
 from napari_milkd.core.session.jobs import JobEvent, MapPreview, StageOutput
+from napari_milkd.core.session.project import Project
 from napari_milkd.core.session.slide_session import STAGES, AcceptedMap, SlideSession
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
 from napari_milkd.core.slides.geometry import SlideWork
@@ -142,7 +143,8 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         try:
             # A µm/px the user entered fills what the file lacks; it never replaces what the file says.
             user_mpp = info.mpp if info.mpp_source == "user" else None
-            session = SlideSession(info.path, slide_mpp=user_mpp, mpp_hint=MPP_HINT)
+            project = Project.for_slide(info.path, root=self.projects_root)
+            session = SlideSession(info.path, slide_mpp=user_mpp, project=project, mpp_hint=MPP_HINT)
             if reopened:  # a reopened project comes back as it was
                 self.take_saved_settings(session.saved_settings(), session.project.root)
         except MilkdError as exc:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         viewer.open(str(args.slide), plugin="napari-milkd")
     else:
         viewer.open_sample("napari-milkd", "sample_slide")
-    viewer.window.add_plugin_dock_widget("napari-milkd", "milkd")
+    viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     napari.run()
     return 0
 

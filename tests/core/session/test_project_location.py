@@ -7,26 +7,22 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from napari_milkd.core.errors import InputError, WriteError
 from napari_milkd.core.session.project import (
     PROJECTS_ENV,
     Project,
+    choose_projects_root,
     default_project_dir,
+    earlier_projects_roots,
     existing_project_dirs,
+    preferences_path,
     projects_root,
 )
 from napari_milkd.core.session.slide_session import SlideSession
-from napari_milkd.core.slides.sample import sample_cache_dir, write_pyramidal_tiff
-
-
-def small_slide(path: Path) -> Path:
-    """A 384×512 single-level tiled TIFF at 0.5 µm/px: a pink square on white glass."""
-    image = np.full((384, 512, 3), 245, np.uint8)
-    image[64:320, 96:416] = (220, 120, 180)
-    write_pyramidal_tiff(path, [image], mpp=0.5, tile=128)
-    return path
+from napari_milkd.core.slides.sample import sample_cache_dir
+from slide_images import tissue_square_slide
 
 
 def _key(path: Path) -> str:
@@ -36,7 +32,7 @@ def _key(path: Path) -> str:
 def test_preparing_a_session_writes_nothing_beside_the_slide(tmp_path: Path) -> None:
     """Regression: in a writable folder the project went to ``<slide>.milkd/`` beside the slide."""
     folder = tmp_path / "scanner-share"
-    slide = small_slide(folder / "case 1.tiff")
+    slide = tissue_square_slide(folder / "case 1.tiff")
     before = sorted(p.name for p in folder.iterdir())
     with SlideSession(slide) as session:
         session.prepare(1.0, 64)
@@ -83,7 +79,7 @@ def test_projects_of_earlier_versions_are_still_found(tmp_path: Path) -> None:
 
 
 def test_an_old_project_beside_the_slide_is_restored(tmp_path: Path) -> None:
-    slide = small_slide(tmp_path / "s.tiff")
+    slide = tissue_square_slide(tmp_path / "s.tiff")
     old = Project(tmp_path / "s.tiff.milkd")
     with SlideSession(slide, project=old) as first:
         first.prepare(1.0, 64)
@@ -97,7 +93,7 @@ def test_an_old_project_beside_the_slide_is_restored(tmp_path: Path) -> None:
 
 def test_nothing_is_written_into_a_read_only_slide_folder(tmp_path: Path) -> None:
     folder = tmp_path / "ro"
-    slide = small_slide(folder / "s.tiff")
+    slide = tissue_square_slide(folder / "s.tiff")
     folder.chmod(0o555)
     try:
         with SlideSession(slide) as session:
@@ -106,3 +102,45 @@ def test_nothing_is_written_into_a_read_only_slide_folder(tmp_path: Path) -> Non
         assert os.listdir(folder) == ["s.tiff"]
     finally:
         folder.chmod(0o755)
+
+
+def test_a_chosen_projects_folder_is_remembered_and_earlier_projects_are_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PROJECTS_ENV)
+    monkeypatch.setenv("MILKD_CONFIG_DIR", str(tmp_path / "config"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert choose_projects_root(first) == first.resolve() and first.is_dir()
+    assert projects_root() == first.resolve()
+    slide = tissue_square_slide(tmp_path / "slides" / "s.tiff")
+    with SlideSession(slide) as session:
+        session.prepare(1.0, 64)
+        session.save()
+        made = session.project.root
+    assert made.parent == first.resolve()
+
+    choose_projects_root(second)
+    assert projects_root() == second.resolve()
+    assert earlier_projects_roots()[0] == first.resolve()
+    # the project made in the first folder is still the slide's project
+    assert Project.for_slide(slide).root == made
+    assert [p.name for p in (tmp_path / "slides").iterdir()] == ["s.tiff"]
+
+
+def test_choosing_a_projects_folder_refuses_a_file_and_survives_damaged_preferences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PROJECTS_ENV)
+    monkeypatch.setenv("MILKD_CONFIG_DIR", str(tmp_path / "config"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises((InputError, WriteError)) as caught:
+        choose_projects_root(a_file / "projects")
+    assert "\n" not in str(caught.value)
+    preferences_path().parent.mkdir(parents=True)
+    preferences_path().write_text("{not json")
+    from platformdirs import user_data_dir
+
+    assert projects_root() == Path(user_data_dir("napari-milkd", appauthor=False)) / "projects"
+    assert earlier_projects_roots() == []
+    assert choose_projects_root(tmp_path / "ok") == (tmp_path / "ok").resolve()

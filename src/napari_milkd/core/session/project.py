@@ -7,10 +7,12 @@ standard library.
 **Where.** Like a QuPath project, a milkd project lives in a folder of its own, never beside the slide:
 slides are referenced, never written to. The default is
 ``<projects root>/<slide name>-<12 hex digits of the slide's absolute path>.milkd``, where the projects
-root is ``$MILKD_PROJECTS`` when set, else ``projects/`` in the user data folder (platformdirs:
-``~/.local/share/napari-milkd/projects`` on Linux). Projects made by earlier versions are still found
-and used: ``<slide>.milkd/`` beside the slide, and the same name under the user cache's ``projects/``
-(see :func:`existing_project_dirs`).
+root is ``$MILKD_PROJECTS`` when set, else the folder the user chose (the widget's *Projects in*
+row, remembered in ``preferences.json`` in the user config folder, :func:`choose_projects_root`), else
+``projects/`` in the user data folder (platformdirs: ``~/.local/share/napari-milkd/projects`` on Linux).
+Projects made elsewhere are still found and used: in folders chosen before, ``<slide>.milkd/`` beside
+the slide (earlier versions), and the same name under the user cache's ``projects/`` (see
+:func:`existing_project_dirs`).
 
 **Writes** are atomic (temporary file, then rename), so a crash or a kill never leaves a half-written
 file; the previous version survives. **A damaged file** (a truncated ``.npz``, ``project.json`` that is
@@ -56,18 +58,84 @@ from napari_milkd.core.errors import InputError, write_error
 PROJECT_VERSION = 1
 #: Environment variable that overrides the folder new projects go to.
 PROJECTS_ENV = "MILKD_PROJECTS"
+#: Environment variable that overrides the folder of milkd's preferences (tests use a temporary one).
+CONFIG_ENV = "MILKD_CONFIG_DIR"
 #: Name of the lock file inside a project folder.
 LOCK_NAME = "project.lock"
+#: How many earlier projects folders are remembered (and searched for a slide's project).
+EARLIER_ROOTS_KEPT = 10
 
 
-def projects_root() -> Path:
-    """Where new projects go: ``$MILKD_PROJECTS``, else ``projects/`` in the user data folder."""
-    env = os.environ.get(PROJECTS_ENV)
+def preferences_path() -> Path:
+    """milkd's preferences file: ``preferences.json`` in ``$MILKD_CONFIG_DIR``, else in the user config
+    folder (platformdirs: ``~/.config/napari-milkd`` on Linux)."""
+    env = os.environ.get(CONFIG_ENV)
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser() / "preferences.json"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-milkd", appauthor=False)) / "preferences.json"
+
+
+def _preferences() -> dict[str, Any]:
+    """The saved preferences, or ``{}`` when there are none or the file is not a JSON object (a
+    damaged preferences file only costs the choice of folder, never a project)."""
+    try:
+        saved = json.loads(preferences_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def default_projects_root() -> Path:
+    """``projects/`` in the user data folder: where projects go unless the user chose otherwise."""
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("napari-milkd", appauthor=False)) / "projects"
+
+
+def projects_root() -> Path:
+    """Where new projects go: ``$MILKD_PROJECTS``, else the folder the user chose
+    (:func:`choose_projects_root`), else :func:`default_projects_root`."""
+    env = os.environ.get(PROJECTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    chosen = _preferences().get("projects_root")
+    return Path(chosen) if isinstance(chosen, str) and chosen else default_projects_root()
+
+
+def earlier_projects_roots() -> list[Path]:
+    """Projects folders the user chose before the current one, most recent first."""
+    earlier = _preferences().get("earlier_projects_roots", [])
+    return (
+        [Path(item) for item in earlier if isinstance(item, str) and item]
+        if isinstance(earlier, list)
+        else []
+    )
+
+
+def choose_projects_root(folder: str | os.PathLike[str]) -> Path:
+    """Make ``folder`` the place new projects go, from now on and in later sessions; the folder used
+    until now is remembered, so its projects are still found. The folder is created when missing.
+
+    Returns the folder as an absolute path. Raises :class:`InputError` when it is not a writable
+    folder, and :class:`WriteError` when the preference cannot be saved.
+    """
+    chosen = Path(folder).expanduser().resolve()
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(chosen, exc) from None
+    if not os.access(chosen, os.W_OK | os.X_OK):
+        raise InputError(f"{chosen} is not a folder milkd can write to: choose another one")
+    prefs = _preferences()
+    earlier = [str(root) for root in (projects_root(), *earlier_projects_roots())]
+    prefs["projects_root"] = str(chosen)
+    prefs["earlier_projects_roots"] = list(dict.fromkeys(r for r in earlier if r != str(chosen)))[
+        :EARLIER_ROOTS_KEPT
+    ]
+    write_json_atomic(preferences_path(), prefs)
+    return chosen
 
 
 def project_name(slide_path: str | os.PathLike[str]) -> str:
@@ -79,12 +147,18 @@ def project_name(slide_path: str | os.PathLike[str]) -> str:
 
 
 def existing_project_dirs(slide_path: str | os.PathLike[str]) -> list[Path]:
-    """Projects of ``slide_path`` made by earlier versions that exist on disk, most specific first:
-    ``<slide>.milkd/`` beside the slide, then the user cache's ``projects/<name>-<hash>.milkd``."""
+    """Projects of ``slide_path`` made elsewhere that exist on disk, most recent first: in the
+    projects folders chosen before (:func:`earlier_projects_roots`), then ``<slide>.milkd/`` beside the
+    slide and the user cache's ``projects/<name>-<hash>.milkd`` (both made by earlier versions)."""
     from napari_milkd.core.slides.sample import sample_cache_dir
 
     slide = Path(slide_path).expanduser().resolve()
-    candidates = [slide.parent / f"{slide.name}.milkd", sample_cache_dir() / "projects" / project_name(slide)]
+    name = project_name(slide)
+    candidates = [
+        *(root / name for root in earlier_projects_roots()),
+        slide.parent / f"{slide.name}.milkd",
+        sample_cache_dir() / "projects" / name,
+    ]
     return [folder for folder in candidates if folder.is_dir()]
 
 
