@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META
+from napari_milkd._widget.mask_style import MaskStyle
 from napari_milkd._widget.qt_helpers import (
     enable_with_reasons,
     fmt_mpp,
@@ -146,6 +147,7 @@ class SlideForm(QWidget):
             "The student (with your corrections) becomes the teacher; distil again."
         )
 
+        self.mask_style = MaskStyle()
         self.review_button = QPushButton("Next region to review")
         self.review_button.setToolTip("Go to the tile where the models disagree most (or are least sure).")
         self.review_note = QLabel("")
@@ -194,6 +196,7 @@ class SlideForm(QWidget):
 
         review_box = QGroupBox("4 · Review and export")
         rform = QFormLayout(review_box)
+        rform.addRow(self.mask_style)
         rform.addRow(self.review_button)
         rform.addRow(self.review_note)
         rform.addRow("Mask", self.export_stage)

@@ -23,7 +23,6 @@ from napari_milkd.core.slides.geometry import SlideWork, tile_map_origins
 from napari_milkd.core.slides.types import LevelInfo, SlideInfo
 
 WEAK_COLORS = {None: "transparent", REGION_TUMOUR: "#ff3b3b", REGION_FREE: "#2fd16b"}
-MASK_COLORS = {None: "transparent", 1: "#ffd400"}
 TISSUE_COLORS = {None: "transparent", 1: "#39d98a"}
 TILE_COLORS = {None: "transparent", 1: "#f5f5f5", 2: "#ffd166"}
 #: Least time between two refreshes of the preview layer while a map is predicted.

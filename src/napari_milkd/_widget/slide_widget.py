@@ -29,11 +29,11 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog  # noqa: F401  (tests replace its dialogs through this module)
 
 from napari_milkd._widget.background import Background
+from napari_milkd._widget.mask_style import mask_colors
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
-    MASK_COLORS,
     TILE_COLORS,
     TISSUE_COLORS,
     WEAK_COLORS,
@@ -90,6 +90,7 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         self.training.busy_changed.connect(self._update_buttons)
         #: Import, export and taking a finished map run here, off the GUI thread.
         self.jobs = Background(self.training.status, self)
+        self.mask_style.follow(lambda: [self.layers.get(f"{stage} mask") for stage in STAGES])
         self.jobs.busy_changed.connect(self._update_buttons)
         # Closing the viewer destroys the widget (after hideEvent saved): the project's lock goes back.
         self._session_holder: list[SlideSession | None] = [None]
@@ -299,7 +300,8 @@ class SlideWidget(WeakLabelsPart, SlideForm):
             f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False
         )
         # The layer gets a copy: the session tells an edit by comparing with its own mask.
-        layer = self.layers.put_labels(f"{stage} mask", mask.copy(), MASK_COLORS, opacity=0.5)
+        layer = self.layers.put_labels(f"{stage} mask", mask.copy(), mask_colors(stage))
+        self.mask_style.apply(layer)
         if layer not in self._watched:
             # napari emits ``paint`` before it writes the pixels: re-read once control returns to Qt.
             layer.events.paint.connect(lambda *_: self._edit_timer.start())
