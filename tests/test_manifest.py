@@ -34,6 +34,7 @@ def test_every_python_name_imports(python_name: str) -> None:
 def test_import_does_not_load_torch_or_qt() -> None:
     code = (
         "import sys, napari_milkd, napari_milkd._reader, napari_milkd._prediction_reader, "
+        "napari_milkd._annotation_reader, "
         "napari_milkd._sample_data, napari_milkd.cli, "
         "napari_milkd.core.slides.slide, napari_milkd.core.slides.zarr_store, "
         "napari_milkd.core.slides.tiling; "

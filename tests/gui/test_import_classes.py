@@ -147,12 +147,19 @@ def test_import_button_with_the_default_labels_ignores_the_unknown_class_and_say
         dialog.accept()
         return 1
 
-    monkeypatch.setattr(slide_widget.QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    starts: list[str] = []
+
+    def choose(parent, title, start, *rest):
+        starts.append(start)
+        return str(path), ""
+
+    monkeypatch.setattr(slide_widget.QFileDialog, "getOpenFileName", choose)
     monkeypatch.setattr(class_map_dialog.ClassMapDialog, "exec", press_ok)
     before = len(notification_manager.records)
     widget.import_button.click()
     settle(qtbot, widget)
     assert shown and ("Foo", 1, "ignored") in shown[0]
+    assert starts == [str(widget.session.project.root)]  # the first dialog opens in the project's folder
     assert _painted(viewer, widget) == {
         "Tumor": REGION_TUMOUR,
         "Stroma": REGION_FREE,
@@ -172,6 +179,7 @@ def test_import_button_with_the_default_labels_ignores_the_unknown_class_and_say
     before = len(notification_manager.records)
     painted = np.asarray(viewer.layers[WEAK].data).copy()
     widget.import_button.click()
+    assert starts[-1] == str(tmp_path)  # ... the next where the last import came from
     assert not shown and any("not JSON" in m for m in _messages(before)), _messages(before)
     assert np.array_equal(viewer.layers[WEAK].data, painted)
 

@@ -21,7 +21,7 @@ from napari_milkd.core.annotations import mask_to_polygons, polygons_to_mask, re
 from napari_milkd.core.engine.checkpoint import load_checkpoint
 from napari_milkd.core.engine.config import EpochEnd
 from napari_milkd.core.session.jobs import MapPreview
-from napari_milkd.core.session.labels import NO_OPINION, slide_bags
+from napari_milkd.core.session.labels import NO_OPINION, ReadingTiles, slide_bags
 from napari_milkd.core.session.project import Project
 from napari_milkd.core.slides.geometry import tissue_map
 from napari_milkd.core.slides.sample import coarse_regions
@@ -112,7 +112,17 @@ def test_end_to_end_teacher_correction_student_export(
     widget.training.worker.yielded.connect(
         lambda e: previews.append(e) if isinstance(e, MapPreview) else None
     )
+    # Honest progress: before the first batch the bar is determinate and says what is read.
+    reading: list[tuple[str, int]] = []
+    widget.training.worker.yielded.connect(  # after the panel's own slot: what the user sees then
+        lambda e: (
+            reading.append((widget.training.status.text(), widget.training.progress.maximum()))
+            if isinstance(e, ReadingTiles)
+            else None
+        )
+    )
     _wait_done(qtbot, viewer, widget, f"{PREFIX} teacher mask")
+    assert reading and reading[0][0].startswith("teacher: reading 0/") and reading[0][1] > 0, reading[:2]
     work = widget.session.work
     assert any(0 < p.rows_done < work.shape[0] for p in previews)  # the map filled band by band
     assert f"{PREFIX} preview" in inserted  # ... and was shown while it did

@@ -106,10 +106,18 @@ class WeakLabelsPart:
         """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
         return class_map_dialog(self._prepared(), path, self, self.import_regions)
 
+    def import_start_folder(self) -> str:
+        """Where the Import… dialog opens: the folder of the last import, else the project's folder."""
+        session = self._prepared()
+        last = getattr(self, "_last_import_folder", None)
+        return last or ("" if session is None else str(session.project.root))
+
     def _import_dialog(self) -> None:
         path = QFileDialog.getOpenFileName(
-            self, "Import regions", "", "Annotations (*.geojson *.json *.xml)"
+            self, "Import regions", self.import_start_folder(), "Annotations (*.geojson *.json *.xml)"
         )[0]
+        if path:
+            self._last_import_folder = str(Path(path).parent)
         if path and (dialog := self.review_import(path)) is not None:
             dialog.exec()
             dialog.deleteLater()

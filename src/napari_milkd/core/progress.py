@@ -53,7 +53,8 @@ def progress_of(event: Any) -> tuple[int, int] | None:
 def describe(event: Any) -> str:
     """One line describing a job event, for status bars, logs and progress bars."""
     if hasattr(event, "done") and hasattr(event, "total"):
-        return f"{event.stage}: {event.done}/{event.total} tiles"
+        activity = getattr(event, "activity", None)
+        return f"{event.stage}: {activity + ' ' if activity else ''}{event.done}/{event.total} tiles"
     if hasattr(event, "n_batches"):
         loss = f", loss {event.loss:.4f}" if getattr(event, "loss", None) is not None else ""
         return (

@@ -10,8 +10,16 @@ import pytest
 from napari_milkd.core.engine.metrics import f1_score as dice
 from napari_milkd.core.errors import InputError
 from napari_milkd.core.inference.stream import blend_window, predict_map
-from napari_milkd.core.progress import drain
-from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections, slide_bags
+from napari_milkd.core.progress import describe, drain, progress_of
+from napari_milkd.core.session.labels import (
+    NO_OPINION,
+    READ_CHUNK,
+    ReadingTiles,
+    apply_corrections,
+    record_corrections,
+    slide_bags,
+    slide_bags_job,
+)
 from napari_milkd.core.session.project import Project, default_project_dir, projects_root
 from napari_milkd.core.session.weak_labels import (
     BAG_IGNORE,
@@ -71,6 +79,25 @@ def test_slide_bags_and_hard_labels() -> None:
         slide_bags(source, work, np.where(regions == 1, 1, 0).astype(np.uint8))
     with pytest.raises(InputError, match="working resolution"):
         slide_bags(source, work, regions[:10])
+
+
+def test_reading_the_bag_tiles_reports_determinate_progress_from_the_start() -> None:
+    """Issue #16, honest progress: a job says it is reading N tiles (done/total) before the first batch,
+    instead of an indeterminate bar for seconds."""
+    source = _two_tone_slide()
+    work = plan_work(source, work_mpp=1.0, tile=64)
+    regions = np.zeros(work.shape, np.uint8)
+    regions[:, :384] = 1
+    regions[:, 384:] = 2
+    events: list[ReadingTiles] = []
+    bags, _labels, index = drain(slide_bags_job(source, work, regions, stage="teacher"), events.append)
+    assert events[0].done == 0 and events[-1].done == events[-1].total == len(index) == len(bags)
+    assert [e.done for e in events] == sorted(e.done for e in events)
+    assert len(events) == 1 + -(-len(index) // READ_CHUNK)
+    assert describe(events[1]) == f"teacher: reading {READ_CHUNK}/{len(index)} tiles"
+    assert progress_of(events[-1]) == (len(index), len(index))
+    reference = slide_bags(source, work, regions)[0]
+    assert np.array_equal(reference.images, bags.images)
 
 
 def test_tile_crops_align_with_tiles() -> None:

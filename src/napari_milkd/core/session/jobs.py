@@ -1,9 +1,10 @@
 """Long-running slide jobs for front-ends: train (teacher or student) on a slide, then predict its map.
 
 Owns the sequence "open slide → bags → train → load the selected model → predict the working map" as
-one generator, so the widget can run it in a worker thread (progress, Cancel between batches) and tests
-and the CLI can drain it. Jobs receive copies — paths, arrays, configs — never layers, open the slide
-themselves and close it before returning. May import numpy, torch (through the engine) and core modules.
+one generator (reading the bag tiles, with progress, is its first part), so the widget can run it in a
+worker thread (progress, Cancel between batches) and tests and the CLI can drain it. Jobs receive
+copies — paths, arrays, configs — never layers, open the slide themselves and close it before returning.
+May import numpy, torch (through the engine) and core modules.
 
 Cancelling (the consumer stops iterating) loses at most the current epoch: the engine writes each
 epoch's checkpoint before yielding its event, and a later job with ``resume=True`` continues from it.
@@ -23,7 +24,7 @@ from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.inference.stream import predict_map
 from napari_milkd.core.progress import relay
 from napari_milkd.core.runtime import free_device_memory
-from napari_milkd.core.session.labels import slide_bags
+from napari_milkd.core.session.labels import ReadingTiles, slide_bags_job
 from napari_milkd.core.slides.geometry import SlideWork
 from napari_milkd.core.slides.slide import open_slide
 
@@ -43,7 +44,7 @@ class MapPreview:
     probability: np.ndarray
 
 
-JobEvent = TrainEvent | MapPreview
+JobEvent = ReadingTiles | TrainEvent | MapPreview
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def slide_stage_job(
     spec = ModelSpec.for_config(config, mpp=work.grid.mpp)
     source = open_slide(slide_path, mpp=mpp)
     try:
-        bags, labels, _ = slide_bags(source, work, regions, hard_labels=hard_labels)
+        bags, labels, _ = yield from slide_bags_job(
+            source, work, regions, hard_labels=hard_labels, stage=stage
+        )
         train, val = bags.split(0.2, seed=config.seed)
         if not val.n_pos or not val.n_neg:
             val = None  # too few bags to hold out both kinds: select on the last epoch
