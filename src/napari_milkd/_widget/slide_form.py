@@ -37,8 +37,10 @@ from napari_milkd._widget.qt_helpers import (
     notify_info,
     stack_in_scroll_area,
 )
+from napari_milkd._widget.round_list import RoundList
 from napari_milkd._widget.slide_buttons import SlideState, button_reasons
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
+from napari_milkd._widget.slide_open import SlideOpener
 from napari_milkd._widget.training_panel import TrainingPanel
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.session.project import PROJECTS_ENV, choose_projects_root, projects_root
@@ -53,7 +55,8 @@ if TYPE_CHECKING:
 OPEN_MENU = ("File", "Open File(s)…")
 SAMPLE_MENU = ("File", "Open Sample", "Synthetic H&E slide with a tumour (milkd)")
 NO_SLIDE = (
-    f"Open a slide: drag it here or use {' ▸ '.join(OPEN_MENU)}; or the sample: {' ▸ '.join(SAMPLE_MENU)}."
+    f"Open a slide: 'Open slide…', drag it here or use {' ▸ '.join(OPEN_MENU)}; "
+    f"or the sample: {' ▸ '.join(SAMPLE_MENU)}."
 )
 #: Export formats in the order of the format box, as :meth:`SlideSession.export` names them.
 EXPORT_FORMATS = (
@@ -90,13 +93,15 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     return row
 
 
-class SlideForm(QWidget):
+class SlideForm(SlideOpener, QWidget):
     """The controls of the slide widget in four numbered sections, over the slide layers of ``viewer``."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer_combo = QComboBox()
+        self.open_button = QPushButton("Open slide…")
+        self.open_button.setToolTip("Open a whole-slide image with milkd's reader (SVS, NDPI, MRXS, TIFF, …)")
         self.facts = QLabel(NO_SLIDE)
         self.facts.setWordWrap(True)
         self.facts.setTextFormat(Qt.TextFormat.RichText)
@@ -146,6 +151,7 @@ class SlideForm(QWidget):
         self.next_round_button.setToolTip(
             "The student (with your corrections) becomes the teacher; distil again."
         )
+        self.round_list = RoundList()  # rounds kept in the project, and Go back
 
         self.mask_style = MaskStyle()
         self.review_button = QPushButton("Next region to review")
@@ -166,13 +172,15 @@ class SlideForm(QWidget):
         self.target_spin.valueChanged.connect(self._show_facts)
         self.mpp_apply.clicked.connect(self._apply_mpp)
         self.projects_button.clicked.connect(self.choose_projects_folder)
+        self.open_button.clicked.connect(self.open_slide_dialog)
+        self.viewer.layers.events.inserted.connect(self.warn_about_plain_slide_layers)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
 
     def _lay_out(self) -> None:
         slide_box = QGroupBox("1 · Slide")
         form = QFormLayout(slide_box)
-        form.addRow("Layer", self.layer_combo)
+        form.addRow("Layer", _row(self.layer_combo, self.open_button))
         form.addRow(self.facts)
         form.addRow(self.mpp_spin, self.mpp_apply)
         form.addRow("Work at", self.target_spin)
@@ -192,6 +200,7 @@ class SlideForm(QWidget):
         QVBoxLayout(train_box).addWidget(self.training)
         self.training.form.addRow(_row(self.train_teacher_button, self.train_student_button))
         self.training.form.addRow(_row(self.next_round_button, self.training.cancel_button))
+        self.training.form.addRow("Round", self.round_list)
         self.training.add_progress_rows()
 
         review_box = QGroupBox("4 · Review and export")

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import QFileDialog  # noqa: F401  (tests replace its dialogs
 from napari_milkd._widget.background import Background
 from napari_milkd._widget.mask_style import mask_colors
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
+from napari_milkd._widget.round_list import go_back
 from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
@@ -85,6 +86,7 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         self.train_teacher_button.clicked.connect(lambda: self.start_training("teacher"))
         self.train_student_button.clicked.connect(lambda: self.start_training("student"))
         self.next_round_button.clicked.connect(self.next_round)
+        self.round_list.go_back.clicked.connect(self.go_back_to_round)
         self.review_button.clicked.connect(self.next_region)
         self.export_button.clicked.connect(self._export_dialog)
         self.training.busy_changed.connect(self._update_buttons)
@@ -113,6 +115,9 @@ class SlideWidget(WeakLabelsPart, SlideForm):
             self._prepared(), slide=slide, busy=busy, bags=self._bags, export_stage=stage.currentText()
         )
         self.enable(state)
+        session = self._prepared()  # kept rounds appear after Prepare, Next round, training, going back
+        root = session.project.root if session is not None else None
+        self.round_list.refresh(root, ready=session is not None and not busy)
 
     @property
     def busy(self) -> bool:
@@ -232,6 +237,10 @@ class SlideWidget(WeakLabelsPart, SlideForm):
             self.show_stage("teacher")  # the student's map is the teacher's now
         if job is not None:
             self._run_job(job, "student: starting…")
+
+    def go_back_to_round(self) -> None:
+        """Bring back the round chosen in section 3 (its models and masks; corrections are kept)."""
+        go_back(self)
 
     def _run_job(self, job: Generator[JobEvent, None, StageOutput], text: str) -> None:
         self.training.reset(text)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from napari_milkd.core.errors import InputError, WriteError
+from napari_milkd.core.preferences import preferences_path
 from napari_milkd.core.session.project import (
     PROJECTS_ENV,
     Project,
@@ -17,7 +18,6 @@ from napari_milkd.core.session.project import (
     default_project_dir,
     earlier_projects_roots,
     existing_project_dirs,
-    preferences_path,
     projects_root,
 )
 from napari_milkd.core.session.slide_session import SlideSession

@@ -8,7 +8,7 @@ standard library.
 slides are referenced, never written to. The default is
 ``<projects root>/<slide name>-<12 hex digits of the slide's absolute path>.milkd``, where the projects
 root is ``$MILKD_PROJECTS`` when set, else the folder the user chose (the widget's *Projects in*
-row, remembered in ``preferences.json`` in the user config folder, :func:`choose_projects_root`), else
+row, remembered in milkd's preferences: :func:`choose_projects_root`), else
 ``projects/`` in the user data folder (platformdirs: ``~/.local/share/napari-milkd/projects`` on Linux).
 Projects made elsewhere are still found and used: in folders chosen before, ``<slide>.milkd/`` beside
 the slide (earlier versions), and the same name under the user cache's ``projects/`` (see
@@ -32,6 +32,7 @@ Layout::
     arrays/<name>.npz       label images and probability maps at the working resolution
     checkpoints/            teacher.pt, student.pt (written by the training engine)
     exports/                GeoJSON / ASAP XML / OME-Zarr written from the widget
+    rounds/<n>/             each finished round kept before it was replaced (see rounds.py)
 """
 
 from __future__ import annotations
@@ -54,37 +55,15 @@ import numpy as np
 
 from napari_milkd.core.atomic import write_bytes_atomic, write_json_atomic
 from napari_milkd.core.errors import InputError, write_error
+from napari_milkd.core.preferences import load_preferences, save_preferences
 
 PROJECT_VERSION = 1
 #: Environment variable that overrides the folder new projects go to.
 PROJECTS_ENV = "MILKD_PROJECTS"
-#: Environment variable that overrides the folder of milkd's preferences (tests use a temporary one).
-CONFIG_ENV = "MILKD_CONFIG_DIR"
 #: Name of the lock file inside a project folder.
 LOCK_NAME = "project.lock"
 #: How many earlier projects folders are remembered (and searched for a slide's project).
 EARLIER_ROOTS_KEPT = 10
-
-
-def preferences_path() -> Path:
-    """milkd's preferences file: ``preferences.json`` in ``$MILKD_CONFIG_DIR``, else in the user config
-    folder (platformdirs: ``~/.config/napari-milkd`` on Linux)."""
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env).expanduser() / "preferences.json"
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("napari-milkd", appauthor=False)) / "preferences.json"
-
-
-def _preferences() -> dict[str, Any]:
-    """The saved preferences, or ``{}`` when there are none or the file is not a JSON object (a
-    damaged preferences file only costs the choice of folder, never a project)."""
-    try:
-        saved = json.loads(preferences_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def default_projects_root() -> Path:
@@ -100,13 +79,13 @@ def projects_root() -> Path:
     env = os.environ.get(PROJECTS_ENV)
     if env:
         return Path(env).expanduser()
-    chosen = _preferences().get("projects_root")
+    chosen = load_preferences().get("projects_root")
     return Path(chosen) if isinstance(chosen, str) and chosen else default_projects_root()
 
 
 def earlier_projects_roots() -> list[Path]:
     """Projects folders the user chose before the current one, most recent first."""
-    earlier = _preferences().get("earlier_projects_roots", [])
+    earlier = load_preferences().get("earlier_projects_roots", [])
     return (
         [Path(item) for item in earlier if isinstance(item, str) and item]
         if isinstance(earlier, list)
@@ -128,13 +107,13 @@ def choose_projects_root(folder: str | os.PathLike[str]) -> Path:
         raise write_error(chosen, exc) from None
     if not os.access(chosen, os.W_OK | os.X_OK):
         raise InputError(f"{chosen} is not a folder milkd can write to: choose another one")
-    prefs = _preferences()
     earlier = [str(root) for root in (projects_root(), *earlier_projects_roots())]
-    prefs["projects_root"] = str(chosen)
-    prefs["earlier_projects_roots"] = list(dict.fromkeys(r for r in earlier if r != str(chosen)))[
-        :EARLIER_ROOTS_KEPT
-    ]
-    write_json_atomic(preferences_path(), prefs)
+    save_preferences(
+        projects_root=str(chosen),
+        earlier_projects_roots=list(dict.fromkeys(r for r in earlier if r != str(chosen)))[
+            :EARLIER_ROOTS_KEPT
+        ],
+    )
     return chosen
 
 

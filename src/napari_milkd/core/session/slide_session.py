@@ -5,6 +5,11 @@ teacher/student probability maps and masks, reviewed regions, rounds and the pro
 methods in the user's vocabulary: prepare, paint/import weak labels, train the teacher, distil the
 student, record an edit, next region, next round, export, save, restore.
 
+Rounds. Before a finished model is replaced (Next round, training a stage again, going back) the
+session keeps what it has as a round under ``<project>/rounds/<n>/`` (:mod:`~napari_milkd.core.session.
+rounds`): :meth:`SlideSession.rounds` lists them and :meth:`SlideSession.restore_round` brings one back,
+keeping the state it replaces as a new round first. Corrections are never rolled back.
+
 Threading. Methods that change the session run on the caller's thread (the GUI thread in napari). Long
 work is split in two: a *job* method (:meth:`SlideSession.plan`, :meth:`SlideSession.train_job`) works on
 copies and may run in a worker thread, and an *adopt* method (:meth:`SlideSession.adopt`,
@@ -23,6 +28,7 @@ probabilities float32 in [0, 1]; masks uint8 0/1. May import every core package;
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
@@ -40,6 +46,18 @@ from napari_milkd.core.progress import drain
 from napari_milkd.core.session.jobs import JobEvent, StageOutput, slide_stage_job
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
 from napari_milkd.core.session.project import DamagedProjectFile, Project, ProjectLock
+from napari_milkd.core.session.rounds import (
+    RoundInfo,
+    archive_round,
+    fingerprint,
+    kept_fingerprints,
+    list_rounds,
+    load_mask,
+    load_probability,
+    mask_dice,
+    read_round,
+    replace_with,
+)
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, BagCounter
 from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tissue_map
 from napari_milkd.core.slides.sample import is_sample_slide
@@ -99,6 +117,36 @@ class AcceptedMap:
     description: str | None
 
 
+@dataclass(frozen=True)
+class RestoredRound:
+    """A kept round read back off the GUI thread (:meth:`SlideSession.restore_round_job`), not yet the
+    session's: its ``number``, the round the state it replaces was kept as (``kept_as``; None when that
+    state was already kept), the stages with a model, their maps and masks (the corrections of ``hard``
+    applied), the session round counter and the stage metrics of the round."""
+
+    number: int
+    kept_as: RoundInfo | None
+    stages: tuple[str, ...]
+    probabilities: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    hard: np.ndarray
+    session_round: int
+    metrics: dict[str, dict[str, Any]]
+
+
+def _metrics_of(output: StageOutput) -> dict[str, Any]:
+    """What a round records of a finished stage: epochs, selected epoch and its score, bag counts."""
+    result = output.result
+    score = result.best_score
+    return {
+        "epochs": int(result.epochs),
+        "best_epoch": int(result.best_epoch),
+        "best_score": float(score) if score is not None else None,
+        "n_positive": int(output.n_positive),
+        "n_negative": int(output.n_negative),
+    }
+
+
 class SlideSession:
     """One slide's weak-label → teacher → student → corrections → export workflow (see module docstring).
 
@@ -134,6 +182,8 @@ class SlideSession:
         self.masks: dict[str, np.ndarray] = {}
         self.reviewed: set[int] = set()
         self.round = 0
+        #: What is known of each stage's current model (see :func:`_metrics_of`), kept with its round.
+        self.stage_metrics: dict[str, dict[str, Any]] = {}
         self._lock: ProjectLock | None = None
         self._closed = False
         self._damage_notes: list[str] = []
@@ -229,6 +279,8 @@ class SlideSession:
         restored.extend(self._damage_notes)
         self._damage_notes = []
         self.round = int(settings.get("round", 0)) if isinstance(settings.get("round", 0), int) else 0
+        metrics = settings.get("stage_metrics")
+        self.stage_metrics = {s: dict(m) for s, m in metrics.items()} if isinstance(metrics, dict) else {}
         self._save_settings()
         return restored
 
@@ -280,6 +332,7 @@ class SlideSession:
                 "tile": work.grid.tile,
                 "shape": list(work.shape),
                 "round": self.round,
+                "stage_metrics": self.stage_metrics,
             }
         )
 
@@ -401,6 +454,7 @@ class SlideSession:
             raise InputError(f"cannot train without {kind} bags: paint or import some first")
         if stage == "student" and not self.has_model("teacher"):
             raise InputError("train the teacher first")
+        self._keep_before_replacing((stage,), f"before training the {stage} again")
         self.save()
         if config.size != work.grid.tile:
             config = replace(config, size=work.grid.tile)  # the model sees the session's tiles
@@ -450,6 +504,9 @@ class SlideSession:
         if not np.array_equal(accepted.hard, self.hard):  # corrected while the map was saved
             mask = apply_corrections(mask, self.hard)
         self.masks[stage] = mask
+        self.stage_metrics[stage] = _metrics_of(accepted.output)
+        with contextlib.suppress(OSError):  # the metrics are a convenience of the round list
+            self._save_settings()
         return mask
 
     def train(
@@ -483,6 +540,7 @@ class SlideSession:
         if not self.has_model("student"):
             raise InputError("distil a student first")
         self._require_lock()
+        self._keep_before_replacing(STAGES, "next round")
         with atomic_path(self.checkpoint("teacher")) as tmp:
             shutil.copyfile(self.checkpoint("student"), tmp)
         if "student" in self.probabilities:
@@ -492,6 +550,7 @@ class SlideSession:
                 self.probabilities["teacher"].astype(np.float16),
                 **self._geometry_meta(),
             )
+        self.stage_metrics["teacher"] = {**self.stage_metrics.get("student", {}), "from": "student"}
         self.round += 1
         self._save_settings()
 
@@ -500,6 +559,185 @@ class SlideSession:
         corrections made so far count as ground truth)."""
         self.promote_student()
         return self.train_job("student", config, resume=False)
+
+    # --- rounds --------------------------------------------------------------------------------------
+
+    def rounds(self) -> list[RoundInfo]:
+        """The rounds kept in the project, oldest first (number, date, what each holds: see
+        :class:`~napari_milkd.core.session.rounds.RoundInfo`)."""
+        return list_rounds(self.project.root)
+
+    def _array_file(self, name: str) -> Path:
+        return self.project.root / "arrays" / f"{name}.npz"
+
+    def _state_files(self) -> dict[str, Path]:
+        """The files of the current state a round keeps: each stage's checkpoint and probability map."""
+        files: dict[str, Path] = {}
+        for stage in STAGES:
+            for path in (self.checkpoint(stage), self._array_file(f"{stage}_probability")):
+                if path.exists():
+                    files[path.name] = path
+        return files
+
+    def _finished(self, stage: str) -> bool:
+        """True when ``stage``'s checkpoint is the one that made its saved map (a finished model): the map
+        was saved after the checkpoint (a cancelled run leaves a newer, unfinished checkpoint)."""
+        model, prob = (
+            fingerprint(self.checkpoint(stage)),
+            fingerprint(self._array_file(f"{stage}_probability")),
+        )
+        return model is not None and prob is not None and prob[1] >= model[1]
+
+    def _unkept(self, stages: tuple[str, ...]) -> bool:
+        """True when one of ``stages`` has a finished model that no kept round holds."""
+        return any(
+            self._finished(stage)
+            and fingerprint(self.checkpoint(stage))
+            not in kept_fingerprints(self.project.root, self.checkpoint(stage).name)
+            for stage in stages
+        )
+
+    def _round_record(self, reason: str, masks: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``round.json``'s content for the current state (the files are named by :meth:`_state_files`)."""
+        try:
+            settings = self.project.load_settings()
+        except MilkdError:
+            settings = {}
+        stages: dict[str, Any] = {}
+        for stage in STAGES:
+            model, prob = self.checkpoint(stage), self._array_file(f"{stage}_probability")
+            if not (model.exists() or prob.exists()):
+                continue
+            stages[stage] = {
+                "checkpoint": model.name if model.exists() else None,
+                "probability": prob.name if prob.exists() else None,
+                "mask": f"{stage}_mask.npz" if stage in masks else None,
+                "finished": self._finished(stage),
+                "metrics": self.stage_metrics.get(stage, {}),
+            }
+        dice = mask_dice(masks["teacher"], masks["student"]) if all(s in masks for s in STAGES) else None
+        return {
+            "reason": reason,
+            "session_round": self.round,
+            "slide": self.info.path,
+            "corrected_pixels": self.corrected_pixels,
+            "dice": dice,
+            "stages": stages,
+            "settings": settings,
+        }
+
+    def keep_round(self, reason: str = "kept") -> RoundInfo | None:
+        """Keep the current models, maps and masks as a new round now (atomic: a crash leaves no half
+        round); None when there is no model or map to keep."""
+        self._require_work()
+        self._require_lock()
+        files = self._state_files()
+        if not files:
+            return None
+        masks = {stage: mask for stage, mask in self.masks.items() if stage in STAGES}
+        return archive_round(
+            self.project.root, files=files, masks=masks, record=self._round_record(reason, masks)
+        )
+
+    def _keep_before_replacing(self, stages: tuple[str, ...], reason: str) -> RoundInfo | None:
+        """Keep the current state as a round before a finished model of ``stages`` is replaced, unless
+        every such model is already kept."""
+        if self.work is None or not self._unkept(stages):
+            return None
+        return self.keep_round(reason)
+
+    def restore_round(self, number: int) -> RestoredRound:
+        """Go back to round ``number``: its models, maps and masks become the current teacher/student.
+        The current state is kept as a new round first (unless it is already kept), so going back can be
+        undone the same way. Corrections (hard labels) are the pathologist's work and are never rolled
+        back: the restored masks show the corrections made since, too."""
+        return self.take_restored(self.restore_round_job(number)())
+
+    def restore_round_job(self, number: int) -> Callable[[], RestoredRound]:
+        """:meth:`restore_round` in two halves: checks now (round ``number`` kept, the project ours) and
+        returns the file work (keep the current state, put the round's checkpoints and maps in place, read
+        them back, build the masks with the current corrections) as a call on copies that may run in a
+        worker thread; hand its result to :meth:`take_restored`. Stages the round has no model of are
+        removed from the project (they are in the round kept just before)."""
+        work = self._require_work()
+        self._require_lock()
+        assert self.tissue is not None and self.hard is not None
+        chosen = read_round(self.project.root, number)
+        if not (chosen.stages or chosen.maps):
+            raise InputError(f"round {number} holds no model to go back to")
+        files = self._state_files()
+        masks = {stage: mask for stage, mask in self.masks.items() if stage in STAGES}
+        # The current state is kept unless each of its files is already in a round.
+        keep = any(fingerprint(p) not in kept_fingerprints(self.project.root, n) for n, p in files.items())
+        record = self._round_record(f"before going back to round {number}", masks) if keep else {}
+        tissue, hard, root, shape = self.tissue, self.hard.copy(), self.project.root, work.shape
+        targets = {
+            stage: (self.checkpoint(stage), self._array_file(f"{stage}_probability")) for stage in STAGES
+        }
+
+        def job() -> RestoredRound:
+            kept_as = archive_round(root, files=files, masks=masks, record=record) if keep else None
+            probabilities: dict[str, np.ndarray] = {}
+            restored_masks: dict[str, np.ndarray] = {}
+            for stage, (model, prob) in targets.items():
+                for have, source, target in (
+                    (stage in chosen.stages, chosen.checkpoint(stage), model),
+                    (stage in chosen.maps, chosen.probability(stage), prob),
+                ):
+                    if have:
+                        replace_with(source, target)
+                    else:
+                        try:
+                            target.unlink(missing_ok=True)
+                        except OSError as exc:
+                            raise WriteError(f"could not remove {target}: {exc.strerror or exc}") from exc
+                if stage not in chosen.maps:
+                    continue
+                probability = load_probability(chosen.probability(stage))
+                base: np.ndarray | None = None
+                if chosen.mask_path(stage).exists():
+                    base = load_mask(chosen.mask_path(stage))
+                if probability.shape != shape or base is None or base.shape != shape:
+                    from skimage.transform import resize
+
+                    if probability.shape != shape:  # the round was made at another working resolution
+                        probability = resize(probability, shape, order=1, preserve_range=True).astype(
+                            np.float32
+                        )
+                    base = mask_from_probability(probability, tissue)
+                probabilities[stage] = probability
+                restored_masks[stage] = apply_corrections(base, hard)
+            return RestoredRound(
+                number=number,
+                kept_as=kept_as,
+                stages=chosen.stages,
+                probabilities=probabilities,
+                masks=restored_masks,
+                hard=hard,
+                session_round=chosen.session_round,
+                metrics=chosen.metrics,
+            )
+
+        return job
+
+    def take_restored(self, restored: RestoredRound) -> RestoredRound:
+        """Make a round :meth:`restore_round_job` read back the session's maps and masks (corrections
+        made meanwhile applied too) and its round counter; return it."""
+        assert self.hard is not None
+        for stage in STAGES:
+            if stage in restored.probabilities:
+                self.probabilities[stage] = restored.probabilities[stage]
+                mask = restored.masks[stage]
+                if not np.array_equal(restored.hard, self.hard):  # corrected while the round was read
+                    mask = apply_corrections(mask, self.hard)
+                self.masks[stage] = mask
+            else:
+                self.probabilities.pop(stage, None)
+                self.masks.pop(stage, None)
+        self.stage_metrics = {s: dict(m) for s, m in restored.metrics.items() if s in restored.stages}
+        self.round = restored.session_round
+        self._save_settings()
+        return restored
 
     # --- masks and corrections -----------------------------------------------------------------------
 
