@@ -20,14 +20,17 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
 from napari_milkd._widget.qt_helpers import notify_error, notify_info, notify_warning
+from napari_milkd._widget.slide_layers import TILE_COLORS, repaint_tiles, tile_map, tile_values
 from napari_milkd._widget.weak_edits import Box, paint_box
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.session.slide_session import ImportedRegions
+from napari_milkd.core.session.weak_labels import REGIONS_RULE
 
 if TYPE_CHECKING:
     from napari_milkd._widget.background import Background
     from napari_milkd._widget.slide_layers import SlideLayers
     from napari_milkd.core.session.slide_session import SlideSession
+    from napari_milkd.core.slides.geometry import SlideWork
 
 
 class WeakLabelsPart:
@@ -45,11 +48,50 @@ class WeakLabelsPart:
         def _update_buttons(self) -> None: ...
         def show_bags(self, positive: int, negative: int) -> None: ...
 
+        bag_rule_combo: Any
+
     def _init_weak_labels(self) -> None:
         # Strokes not counted yet (their boxes; None: somewhere), counted when control returns to Qt.
         self._strokes: list[Box | None] = []
         self._bag_timer = QTimer(self, singleShot=True, interval=0)  # type: ignore[call-overload]
         self._bag_timer.timeout.connect(self._update_bag_note)
+        # What the tiles layer shows now, per tile (see slide_layers.tile_values).
+        self._tile_values: np.ndarray | None = None
+        self.bag_rule_combo.currentIndexChanged.connect(self._bag_rule_chosen)
+
+    def put_tiles_layer(self, work: SlideWork) -> Labels:
+        """The tiles layer of a prepared slide: every tile outlined in the colour of the bag it makes
+        (grey: does not count, green: tumour-free, red: contains tumour)."""
+        session = self._prepared()
+        labels = session.bag_labels() if session is not None else None
+        self._tile_values = tile_values(work, None if labels is None else labels.labels)
+        tiles = self.layers.put_labels(
+            "tiles", tile_map(work, None if labels is None else labels.labels), TILE_COLORS, opacity=0.8
+        )
+        tiles.contour = 2
+        return tiles
+
+    def _show_tile_kinds(self) -> None:
+        """Repaint the tiles whose bag changed since the tiles layer was last drawn."""
+        session, layer = self._prepared(), self.layers.get("tiles")
+        if session is None or layer is None or self._tile_values is None or session.work is None:
+            return
+        labels = session.bag_labels()
+        if labels is None or len(labels.labels) != len(self._tile_values):
+            return
+        after = tile_values(session.work, labels.labels)
+        repaint_tiles(layer, session.work, self._tile_values, after)
+        self._tile_values = after
+
+    def _bag_rule_chosen(self, *_: object) -> None:
+        """The user chose another rule for tumour-free tiles: recount, redraw the tiles, say it."""
+        session = self._prepared()
+        if session is not None:
+            try:
+                session.set_bag_rule(self.bag_rule_combo.currentData())
+            except MilkdError as exc:
+                notify_error(exc)
+        self._update_bag_note()
 
     def weak_layer(self) -> Labels | None:
         """The weak-labels layer of the prepared slide."""
@@ -94,10 +136,14 @@ class WeakLabelsPart:
                 notify_error(exc)
                 return
             layer.refresh()
+            switched = self.bag_rule_combo.currentData() != REGIONS_RULE.name
+            if switched:  # outlines drawn elsewhere: a tile half outside a "Normal" region may hold tumour
+                self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(REGIONS_RULE.name))
             self._on_weak_edit()
             for warning in summary.warnings[:3]:
                 notify_warning(warning)
-            notify_info(import_message(summary, name))
+            rule_note = "; tumour-free tiles now follow the regions rule (≥ 90 % covered)" if switched else ""
+            notify_info(import_message(summary, name) + rule_note)
 
         read = partial(session.read_import, path, class_map=class_map)
         self.jobs.run(read, text=f"importing {name}…", done=imported, failed="")
@@ -155,5 +201,6 @@ class WeakLabelsPart:
             for box in strokes:
                 session.weak_edited(box)
             self._bags = session.bags
+            self._show_tile_kinds()
         self.show_bags(*self._bags)
         self._update_buttons()

@@ -100,6 +100,22 @@ class TrainingPanel(QWidget):
         # Closing the viewer destroys the panel: stop the worker at its next batch (checkpoints are on disk).
         self.destroyed.connect(lambda *_, holder=self._holder: holder[0] and holder[0].quit())
 
+    def apply_settings(self, saved: dict[str, Any]) -> list[str]:
+        """Set the backbone and the numbers to what a project saved (``SlideSession.training_settings``);
+        values that are missing or out of range are left as they are. Returns what changed, in words."""
+        changed: list[str] = []
+        backbone = saved.get("backbone")
+        if backbone in BACKBONES and backbone != self.backbone_combo.currentText():
+            self.backbone_combo.setCurrentText(backbone)
+            changed.append(f"backbone {backbone}")
+        for name, widget in self.numbers.items():
+            value = saved.get(name)
+            valid = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= widget.max
+            if valid and value != widget.value:
+                widget.value = value
+                changed.append(f"{widget.label.lower()} {'epochs ' if 'epochs' in name else ''}{value}")
+        return changed
+
     def add_progress_rows(self) -> None:
         """Append progress bar, status line and loss plot (after the caller's own buttons)."""
         self.form.addRow(self.progress)

@@ -19,7 +19,13 @@ import numpy as np
 from napari_milkd.core.engine.datasets import BagSet
 from napari_milkd.core.errors import InputError
 from napari_milkd.core.progress import drain
-from napari_milkd.core.session.weak_labels import BAG_IGNORE, BagLabels, bag_labels_from_regions
+from napari_milkd.core.session.weak_labels import (
+    BAG_IGNORE,
+    REGIONS_RULE,
+    BagLabels,
+    BagRule,
+    bag_labels_from_regions,
+)
 from napari_milkd.core.slides.geometry import SlideWork, read_tiles, tile_crops
 from napari_milkd.core.slides.slide import SlideSource
 
@@ -47,15 +53,17 @@ def slide_bags_job(
     regions: np.ndarray,
     *,
     hard_labels: np.ndarray | None = None,
-    min_positive: float = 0.25,
-    min_negative: float = 0.9,
+    rule: BagRule = REGIONS_RULE,
+    min_positive: float | None = None,
+    min_negative: float | None = None,
     stage: str = "bags",
 ) -> Generator[ReadingTiles, None, tuple[BagSet, BagLabels, np.ndarray]]:
     """Tile bags of ``source`` from a region label map (1 tumour, 2 tumour-free) at the working resolution,
     as a job: yields :class:`ReadingTiles` every :data:`READ_CHUNK` tiles (the first at 0, before any
     read), so a front end shows a determinate bar from the start.
 
-    Returns the bags (labelled tiles only), every tile's bag label, and the tile indices of the bags.
+    Tiles become bags by ``rule`` (see :mod:`~napari_milkd.core.session.weak_labels`). Returns the
+    bags (labelled tiles only), every tile's bag label, and the tile indices of the bags.
     ``hard_labels`` (working map, 0/1, ``NO_OPINION`` elsewhere) become the bags' per-pixel overrides.
     Raises :class:`InputError` when positive or negative bags are missing.
     """
@@ -64,7 +72,12 @@ def slide_bags_job(
     if hard_labels is not None and hard_labels.shape != work.shape:
         raise InputError(f"corrections map is {hard_labels.shape}, expected {work.shape}")
     labels = bag_labels_from_regions(
-        work.grid, regions, work.downsample, min_positive=min_positive, min_negative=min_negative
+        work.grid,
+        regions,
+        work.downsample,
+        rule=rule,
+        min_positive=min_positive,
+        min_negative=min_negative,
     )
     missing = labels.missing_kind()
     if missing:
@@ -99,8 +112,9 @@ def slide_bags(
     regions: np.ndarray,
     *,
     hard_labels: np.ndarray | None = None,
-    min_positive: float = 0.25,
-    min_negative: float = 0.9,
+    rule: BagRule = REGIONS_RULE,
+    min_positive: float | None = None,
+    min_negative: float | None = None,
 ) -> tuple[BagSet, BagLabels, np.ndarray]:
     """:func:`slide_bags_job` run to its end (no progress): the bags, every tile's label, the bags' tiles."""
     return drain(
@@ -109,6 +123,7 @@ def slide_bags(
             work,
             regions,
             hard_labels=hard_labels,
+            rule=rule,
             min_positive=min_positive,
             min_negative=min_negative,
         )

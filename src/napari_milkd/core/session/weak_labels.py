@@ -5,18 +5,20 @@ image at some downsample of level 0 (``REGION_TUMOUR`` = "contains tumour", ``RE
 "tumour-free", 0 = unlabelled), as painted in the widget or rasterised from QuPath/ASAP annotations.
 May import numpy only.
 
-Rules (per tile, from the share of the tile covered by each region kind):
+Rules (per tile, from the share of the tile covered by each region kind; :class:`BagRule`):
 
 * **positive** when "contains tumour" covers at least ``min_positive`` of the tile: a positive bag
   only has to *contain* tumour, so a tile at the edge of a painted region still counts;
-* **negative** when "tumour-free" covers at least ``min_negative`` of the tile and no "contains
-  tumour" paint touches it: a negative bag must be clean everywhere;
+* **negative** when no "contains tumour" paint touches the tile and "tumour-free" paint is there:
+  with :data:`REGIONS_RULE` it must cover at least 90 % of the tile (drawn or imported *regions*: a tile
+  half outside a "Normal" rectangle may hold tumour); with :data:`SCRIBBLE_RULE` every painted pixel in
+  the tile is tumour-free and the tile is mostly tissue (quick *scribbles* say "this area is clean");
 * **ignore** otherwise (unlabelled, or mixed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +30,45 @@ REGION_FREE = 2
 BAG_POSITIVE = 1
 BAG_NEGATIVE = 0
 BAG_IGNORE = -1
+
+
+@dataclass(frozen=True)
+class BagRule:
+    """How painted regions make a tile a bag: ``min_positive`` of the tile painted "contains tumour"
+    makes it positive; "tumour-free" paint over more than 0 and at least ``min_negative`` of it, no
+    tumour paint and at least ``min_tissue`` of it tissue make it negative. ``explanation`` says so in
+    words for the user."""
+
+    name: str
+    min_positive: float = 0.25
+    min_negative: float = 0.9
+    min_tissue: float = 0.0
+    explanation: str = ""
+
+
+#: For drawn or imported regions (QuPath, ASAP): a tumour-free tile is ≥ 90 % covered.
+REGIONS_RULE = BagRule(
+    "regions",
+    min_negative=0.9,
+    explanation="a tile is tumour-free when tumour-free paint covers ≥ 90 % of it, with no tumour paint",
+)
+#: For quick strokes: a tile is tumour-free when all paint in it is tumour-free and it is mostly tissue.
+SCRIBBLE_RULE = BagRule(
+    "scribbles",
+    min_negative=0.0,
+    min_tissue=0.5,
+    explanation="a tile is tumour-free when all paint in it is tumour-free and at least half of it is tissue",
+)
+#: The rules by name, the default first.
+BAG_RULES = {rule.name: rule for rule in (SCRIBBLE_RULE, REGIONS_RULE)}
+
+
+def bag_rule(name: str) -> BagRule:
+    """The rule called ``name`` (``"scribbles"`` or ``"regions"``); :class:`ValueError` otherwise."""
+    try:
+        return BAG_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown bag rule {name!r}; choose {' or '.join(BAG_RULES)}") from None
 
 
 @dataclass(frozen=True)
@@ -65,25 +106,38 @@ def bag_labels_from_regions(
     regions: np.ndarray,
     downsample: float,
     *,
-    min_positive: float = 0.25,
-    min_negative: float = 0.9,
+    rule: BagRule = REGIONS_RULE,
+    min_positive: float | None = None,
+    min_negative: float | None = None,
 ) -> BagLabels:
-    """Bag label of every tile of ``grid`` from a region label image made at ``downsample``."""
+    """Bag label of every tile of ``grid`` from a region label image made at ``downsample``, by ``rule``
+    (``min_positive`` / ``min_negative`` override its thresholds; a tile's tissue share is the grid's
+    ``tissue_fraction``)."""
     if regions.ndim != 2:
         raise ValueError(f"regions must be a 2-D label image, got shape {regions.shape}")
+    rule = _with_thresholds(rule, min_positive, min_negative)
     if len(grid) == 0:
         return BagLabels(np.zeros(0, np.int8))
     tumour = coverage_fractions(regions == REGION_TUMOUR, downsample, grid.origins_l0, grid.tile_l0)
     free = coverage_fractions(regions == REGION_FREE, downsample, grid.origins_l0, grid.tile_l0)
-    return _labels_from_fractions(tumour, free, min_positive, min_negative)
+    return _labels_from_fractions(tumour, free, np.asarray(grid.tissue_fraction), rule)
+
+
+def _with_thresholds(rule: BagRule, min_positive: float | None, min_negative: float | None) -> BagRule:
+    if min_positive is not None:
+        rule = replace(rule, min_positive=min_positive)
+    if min_negative is not None:
+        rule = replace(rule, min_negative=min_negative)
+    return rule
 
 
 def _labels_from_fractions(
-    tumour: np.ndarray, free: np.ndarray, min_positive: float, min_negative: float
+    tumour: np.ndarray, free: np.ndarray, tissue: np.ndarray, rule: BagRule
 ) -> BagLabels:
     labels = np.full(len(tumour), BAG_IGNORE, np.int8)
-    labels[(free >= min_negative) & (tumour == 0)] = BAG_NEGATIVE
-    labels[tumour >= min_positive] = BAG_POSITIVE
+    negative = (free > 0) & (free >= rule.min_negative) & (tumour == 0) & (tissue >= rule.min_tissue)
+    labels[negative] = BAG_NEGATIVE
+    labels[tumour >= rule.min_positive] = BAG_POSITIVE
     return BagLabels(labels)
 
 
@@ -99,11 +153,13 @@ class BagCounter:
         downsample: float,
         regions: np.ndarray,
         *,
-        min_positive: float = 0.25,
-        min_negative: float = 0.9,
+        rule: BagRule = REGIONS_RULE,
+        min_positive: float | None = None,
+        min_negative: float | None = None,
     ) -> None:
         self.shape = regions.shape
-        self.min_positive, self.min_negative = min_positive, min_negative
+        self.rule = _with_thresholds(rule, min_positive, min_negative)
+        self.tissue = np.asarray(grid.tissue_fraction)
         o = np.asarray(grid.origins_l0, dtype=np.float64).reshape(-1, 2)
         rows, cols = regions.shape
         # The tile boxes of :func:`coverage_fractions`, in map pixels.
@@ -141,9 +197,11 @@ class BagCounter:
 
     def labels(self) -> BagLabels:
         """The bag labels the current counts give."""
-        return _labels_from_fractions(
-            self.tumour / self.area, self.free / self.area, self.min_positive, self.min_negative
-        )
+        return _labels_from_fractions(self.tumour / self.area, self.free / self.area, self.tissue, self.rule)
+
+    def use_rule(self, rule: BagRule) -> None:
+        """Count by ``rule`` from now on (the counts stay: only how they become bags changes)."""
+        self.rule = rule
 
     def counts(self) -> tuple[int, int]:
         """``(positive, negative)`` bags."""
