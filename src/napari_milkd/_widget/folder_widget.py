@@ -134,7 +134,7 @@ class ImageFolderWidget(QWidget):
         rbox.addLayout(row)
         rbox.addWidget(self.review_note)
 
-        stack_in_scroll_area(self, (data_box, train_box, review_box))
+        self.sections = stack_in_scroll_area(self, (data_box, train_box, review_box))
 
         self.load_button.clicked.connect(self.start_load)
         self.train_button.clicked.connect(self.start_training)

@@ -12,7 +12,8 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QComboBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from superqt import QCollapsible
 
 from napari_milkd.core.errors import MilkdError
 
@@ -117,12 +118,21 @@ class LossPlot(QWidget):
         painter.end()
 
 
-def stack_in_scroll_area(owner: QWidget, boxes: Iterable[QWidget]) -> None:
-    """Lay ``boxes`` out top to bottom in a vertically scrolling area filling ``owner``."""
+def stack_in_scroll_area(owner: QWidget, boxes: Iterable[QGroupBox]) -> list[QCollapsible]:
+    """Lay ``boxes`` out top to bottom in a vertically scrolling area filling ``owner``, each in a
+    collapsible section titled like the box (so a laptop screen shows the section being worked in);
+    return the sections, all expanded."""
     inner = QWidget()
     layout = QVBoxLayout(inner)
+    sections = []
     for box in boxes:
-        layout.addWidget(box)
+        section = QCollapsible(box.title())
+        section.setDuration(0)
+        box.setTitle("")
+        section.addWidget(box)
+        section.expand(animate=False)
+        layout.addWidget(section)
+        sections.append(section)
     layout.addStretch(1)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
@@ -132,3 +142,13 @@ def stack_in_scroll_area(owner: QWidget, boxes: Iterable[QWidget]) -> None:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
     owner.setMinimumWidth(440)
+    return sections
+
+
+def scroll_into_view(widget: QWidget) -> None:
+    """Scroll the scroll area that holds ``widget`` (if any) so that ``widget`` is in view."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.ensureWidgetVisible(widget, 0, 0)
