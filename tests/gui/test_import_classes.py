@@ -199,3 +199,66 @@ def test_the_table_is_the_one_milkd_annotations_prints(
     assert dialog.class_map() == {}  # nothing changed: the defaults decide
     dialog.reject()
     assert not np.asarray(viewer.layers[WEAK].data).any()
+
+
+def test_import_asks_where_the_regions_go_and_can_be_undone(
+    make_napari_viewer, qtbot, tmp_path: Path, fresh_project: Path
+) -> None:
+    """Issue #16: an import is undoable (the tumour-free paint it covered comes back), can go into the
+    corrections once a mask exists, or into a Shapes layer that paints nothing."""
+    from napari.layers import Shapes
+
+    from napari_milkd.core.engine.config import TrainResult
+    from napari_milkd.core.session.jobs import StageOutput
+
+    viewer, widget = _open(make_napari_viewer, qtbot)
+    path = _qupath_file(tmp_path / "qupath.geojson")
+    assert not widget.undo_import_button.isEnabled()
+    assert "nothing imported to undo" in widget.undo_import_button.toolTip()
+    widget.all_free.click()  # the pathologist's tumour-free paint, which the import will cover
+    painted = np.asarray(viewer.layers[WEAK].data).copy()
+    pos_neg = widget.session.bag_counts()
+
+    dialog = widget.review_import(path)
+    assert [dialog.destination_combo.itemData(i) for i in range(dialog.destination_combo.count())] == [
+        "weak",
+        "shapes",
+    ]  # no mask yet: corrections are not offered
+    dialog.accept()
+    settle(qtbot, widget)
+    assert _painted(viewer, widget)["Tumor"] == REGION_TUMOUR
+    assert widget.undo_import_button.isEnabled()
+    widget.undo_import_button.click()
+    assert np.array_equal(np.asarray(viewer.layers[WEAK].data), painted)
+    assert np.array_equal(widget.session.weak, painted) and widget.session.bag_counts() == pos_neg
+    assert not widget.undo_import_button.isEnabled()
+
+    # With a teacher mask, the regions can become corrections (ground truth in the mask), undoably.
+    work = widget.session.work
+    result = TrainResult(stage="teacher", epochs=1, best_epoch=1, best_score=None, checkpoint=None)
+    widget.session.accept(StageOutput("teacher", np.zeros(work.shape, np.float32), result, 1, 1))
+    widget.show_stage("teacher")
+    mask_layer = viewer.layers["milkd synthetic sample teacher mask"]
+    dialog = widget.review_import(path)
+    dialog.set_destination("corrections")
+    dialog.accept()
+    settle(qtbot, widget)
+    x0, y0 = SQUARES["Tumor"]
+    centre = int((y0 + SIDE / 2) / work.downsample), int((x0 + SIDE / 2) / work.downsample)
+    assert widget.session.hard[centre] == 1 and mask_layer.data[centre] == 1
+    assert np.array_equal(np.asarray(viewer.layers[WEAK].data), painted)  # weak labels untouched
+    widget.undo_import_button.click()
+    assert (
+        widget.session.corrected_pixels == 0
+        and viewer.layers["milkd synthetic sample teacher mask"].data[centre] == 0
+    )
+
+    # Into a Shapes layer: it opens on the slide, nothing is painted.
+    dialog = widget.review_import(path)
+    dialog.set_destination("shapes")
+    dialog.accept()
+    settle(qtbot, widget)
+    shapes = [layer for layer in viewer.layers if isinstance(layer, Shapes) and "GeoJSON" in layer.name]
+    assert len(shapes) == 1 and len(shapes[0].data) >= 4
+    assert tuple(shapes[0].scale) == tuple(viewer.layers["milkd synthetic sample"].scale)  # on the slide
+    assert np.array_equal(np.asarray(viewer.layers[WEAK].data), painted)

@@ -5,7 +5,8 @@ Before an annotation import paints anything, :func:`read_class_report` reads the
 FILE --json``) and :class:`ClassMapDialog` shows it as a table: one row per class, its count and a box
 with its label (preset from the default semantics: unknown classes are ``ignored``, never tumour-free),
 and a line naming the objects that are skipped (detections, cells, …). :meth:`ClassMapDialog.class_map`
-is what the user changed, handed to :meth:`SlideSession.import_annotations` as its class map.
+is what the user changed, handed to :meth:`SlideSession.read_import` as its class map, and
+:meth:`ClassMapDialog.destination` where the regions go (weak labels, corrections, a Shapes layer).
 :func:`class_map_dialog` builds it for a file (or notifies why it cannot); :func:`import_message` is
 the notification after the import. Qt, napari notifications and core only.
 """
@@ -21,6 +22,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QTableWidget,
@@ -53,6 +55,12 @@ LABEL_TEXT: dict[str, str] = {
 }
 #: Table columns.
 NAME, COUNT, LABEL = range(3)
+#: Where the imported regions can go, as the dialog offers it (``corrections`` only once a mask exists).
+DESTINATIONS: dict[str, str] = {
+    "weak": "weak labels (the bags the models train on)",
+    "corrections": "corrections of the masks (ground truth in every mask)",
+    "shapes": "a new Shapes layer (to look at; nothing is painted)",
+}
 
 
 def read_class_report(session: SlideSession, path: str | Path) -> AnnotationReport:
@@ -74,7 +82,13 @@ class ClassMapDialog(QDialog):
     paints nothing. Build it with the file's report, set labels (:meth:`set_label`), then ``accept()``
     (or ``exec()`` for the user)."""
 
-    def __init__(self, report: AnnotationReport, file_name: str, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        report: AnnotationReport,
+        file_name: str,
+        parent: QWidget | None = None,
+        destinations: Iterable[str] = ("weak", "shapes"),
+    ) -> None:
         super().__init__(parent)
         self.report = report
         self.setWindowTitle(f"Import regions from {file_name}")
@@ -117,6 +131,13 @@ class ClassMapDialog(QDialog):
         self.skipped_note = QLabel(skipped_text(report.skipped))
         self.skipped_note.setWordWrap(True)
         layout.addWidget(self.skipped_note)
+        self.destination_combo = QComboBox()
+        for name in destinations:
+            self.destination_combo.addItem(DESTINATIONS[name], name)
+        where = QHBoxLayout()
+        where.addWidget(QLabel("Put the regions into"))
+        where.addWidget(self.destination_combo, 1)
+        layout.addLayout(where)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, parent=self
         )
@@ -125,6 +146,17 @@ class ClassMapDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         self.resize(480, min(520, 160 + 32 * len(report.classes)))
+
+    def destination(self) -> str:
+        """Where the regions go: ``"weak"``, ``"corrections"`` or ``"shapes"``."""
+        return str(self.destination_combo.currentData())
+
+    def set_destination(self, name: str) -> None:
+        """Choose where the regions go (one of the offered :data:`DESTINATIONS`)."""
+        index = self.destination_combo.findData(name)
+        if index < 0:
+            raise ValueError(f"{name!r} is not offered here")
+        self.destination_combo.setCurrentIndex(index)
 
     def rows(self) -> list[tuple[str, int, str]]:
         """``(class, count, label)`` per row as shown now."""
@@ -150,10 +182,11 @@ def class_map_dialog(
     session: SlideSession | None,
     path: str | Path,
     parent: QWidget | None,
-    on_accept: Callable[[str | Path, dict[str, str]], Any],
+    on_accept: Callable[[str | Path, dict[str, str], str], Any],
 ) -> ClassMapDialog | None:
-    """The dialog for ``path`` (:func:`read_class_report`), calling ``on_accept(path, class_map)`` on
-    OK; None, after an error notification, when the slide is not prepared or the file cannot be read."""
+    """The dialog for ``path`` (:func:`read_class_report`), calling ``on_accept(path, class_map,
+    destination)`` on OK; None, after an error notification, when the slide is not prepared or the file
+    cannot be read. Corrections are offered once the session has a mask."""
     if session is None:
         notify_error("prepare the slide first")
         return None
@@ -162,8 +195,9 @@ def class_map_dialog(
     except (MilkdError, OSError) as exc:
         notify_error(exc)
         return None
-    dialog = ClassMapDialog(report, Path(path).name, parent)
-    dialog.accepted.connect(lambda: on_accept(path, dialog.class_map()))
+    destinations = ("weak", "corrections", "shapes") if session.masks else ("weak", "shapes")
+    dialog = ClassMapDialog(report, Path(path).name, parent, destinations)
+    dialog.accepted.connect(lambda: on_accept(path, dialog.class_map(), dialog.destination()))
     return dialog
 
 
@@ -171,10 +205,11 @@ def _named(classes: Iterable[Any]) -> str:
     return ", ".join(f"{row.name} ×{row.count} → {LABEL_TEXT.get(row.label, row.label)}" for row in classes)
 
 
-def import_message(summary: Any, file_name: str) -> str:
-    """The notification after an import: regions on the first line; every class with its label, and
-    what was skipped, on the next (seen when the toast is expanded)."""
+def import_message(summary: Any, file_name: str, where: str = "") -> str:
+    """The notification after an import: regions (and ``where`` they went) on the first line; every
+    class with its label, and what was skipped, on the next (seen when the toast is expanded)."""
     details = [_named(summary.classes)] if summary.classes else []
     if summary.skipped:
         details.append("skipped " + ", ".join(f"{n} {kind}" for kind, n in summary.skipped.items()))
-    return "\n".join([f"imported {summary.n_regions} regions from {file_name}", "; ".join(details)]).strip()
+    first = f"imported {summary.n_regions} regions from {file_name}{where}"
+    return "\n".join([first, "; ".join(details)]).strip()

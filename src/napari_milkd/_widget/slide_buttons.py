@@ -22,6 +22,7 @@ NEEDS_BAGS = "paint or import both positive and negative regions first"
 TEACHER_FIRST = "train the teacher first"
 STUDENT_FIRST = "distil the student first"
 NO_MASK = "no {stage} mask to export yet"
+NO_IMPORT = "nothing imported to undo"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SlideState:
     models: frozenset[str] = frozenset()
     masks: frozenset[str] = frozenset()
     export_stage: str = "student"
+    can_undo_import: bool = False
 
     @classmethod
     def of(
@@ -61,6 +63,7 @@ class SlideState:
             models=models,
             masks=frozenset(session.masks) if session is not None else frozenset(),
             export_stage=export_stage,
+            can_undo_import=session is not None and session.can_undo_import,
         )
 
 
@@ -101,4 +104,5 @@ def button_reasons(state: SlideState) -> dict[str, str | None]:
     }
     for name in ("paint_tumour", "paint_free", "all_free", "import_button"):
         reasons[name] = ready
+    reasons["undo_import_button"] = first_reason(ready, None if state.can_undo_import else NO_IMPORT)
     return reasons

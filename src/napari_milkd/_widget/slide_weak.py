@@ -47,6 +47,7 @@ class WeakLabelsPart:
         def _refuse_when_busy(self) -> bool: ...
         def _update_buttons(self) -> None: ...
         def show_bags(self, positive: int, negative: int) -> None: ...
+        def show_stage(self, stage: str) -> None: ...
 
         bag_rule_combo: Any
 
@@ -115,12 +116,19 @@ class WeakLabelsPart:
             layer.refresh()
             self._on_weak_edit()
 
-    def import_regions(self, path: str | Path, class_map: dict[str, str] | None = None) -> None:
-        """Add regions from a QuPath GeoJSON or ASAP XML file; ``class_map`` (class → label) wins. The
-        file is read and rasterised in a worker; the regions are painted when it is done."""
+    def import_regions(
+        self, path: str | Path, class_map: dict[str, str] | None = None, into: str = "weak"
+    ) -> None:
+        """Add regions from a QuPath GeoJSON or ASAP XML file; ``class_map`` (class → label) wins.
+        ``into``: ``"weak"`` (weak labels), ``"corrections"`` (ground truth in every mask) or
+        ``"shapes"`` (a new Shapes layer, nothing painted). The file is read and rasterised in a worker;
+        the regions are painted when it is done, and *Undo import* takes them back."""
         session = self._prepared()
         if session is None or self.weak_layer() is None:
             notify_error("prepare the slide first")
+            return
+        if into == "shapes":
+            self._open_as_shapes(path)
             return
         if self._refuse_when_busy():
             return
@@ -131,22 +139,69 @@ class WeakLabelsPart:
             if layer is None or self._prepared() is not session:
                 return  # the slide was prepared again meanwhile
             try:
-                summary = session.apply_import(regions)
+                summary = session.apply_import(regions, into=into)
             except MilkdError as exc:
                 notify_error(exc)
                 return
-            layer.refresh()
-            switched = self.bag_rule_combo.currentData() != REGIONS_RULE.name
-            if switched:  # outlines drawn elsewhere: a tile half outside a "Normal" region may hold tumour
-                self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(REGIONS_RULE.name))
-            self._on_weak_edit()
+            switched = False
+            if into == "weak":
+                layer.refresh()
+                switched = self.bag_rule_combo.currentData() != REGIONS_RULE.name
+                # Undo import puts the rule back with the labels.
+                self._rule_before_import = self.bag_rule_combo.currentData()
+                if switched:  # outlines: a tile half outside a "Normal" region may hold tumour
+                    self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(REGIONS_RULE.name))
+                self._on_weak_edit()
+            else:
+                self._show_masks_again()
             for warning in summary.warnings[:3]:
                 notify_warning(warning)
             rule_note = "; tumour-free tiles now follow the regions rule (≥ 90 % covered)" if switched else ""
-            notify_info(import_message(summary, name) + rule_note)
+            where = "" if into == "weak" else " as corrections"
+            notify_info(import_message(summary, name, where) + rule_note)
+            self._update_buttons()
 
         read = partial(session.read_import, path, class_map=class_map)
         self.jobs.run(read, text=f"importing {name}…", done=imported, failed="")
+
+    def undo_import(self) -> None:
+        """Take the last import back (weak labels or corrections, as they were before it)."""
+        session = self._prepared()
+        if session is None or self._refuse_when_busy():
+            return
+        try:
+            into = session.undo_import()
+        except MilkdError as exc:
+            notify_error(exc)
+            return
+        if into == "weak":
+            layer = self.weak_layer()
+            if layer is not None:
+                layer.refresh()
+            rule = getattr(self, "_rule_before_import", None)
+            if rule is not None and rule != self.bag_rule_combo.currentData():
+                self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(rule))
+            self._on_weak_edit()
+        else:
+            self._show_masks_again()
+        self._autosave.start()
+        what = "weak labels" if into == "weak" else "corrections"
+        notify_info(f"import undone: the {what} are as before it")
+        self._update_buttons()
+
+    def _show_masks_again(self) -> None:
+        """The corrections changed other than by painting: show every stage's mask anew."""
+        session = self._prepared()
+        for stage in () if session is None else tuple(session.masks):
+            self.show_stage(stage)
+        self._autosave.start()
+
+    def _open_as_shapes(self, path: str | Path) -> None:
+        """Open ``path`` as a Shapes layer over the slide (milkd's annotation reader), nothing painted."""
+        try:
+            self.viewer.open(str(path), plugin="napari-milkd")
+        except (MilkdError, OSError, ValueError) as exc:
+            notify_error(exc)
 
     def review_import(self, path: str | Path) -> ClassMapDialog | None:
         """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
