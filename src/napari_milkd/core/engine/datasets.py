@@ -397,8 +397,10 @@ def load_image_folder(
     """Load image-folder bags: images resized to ``size`` × ``size``, labels from the CSV.
 
     CSV names may be given with or without extension. Masks are matched by name (``NAME.*`` or
-    ``NAME_anno.*``) and must have the image's size; they are kept at the training size (``masks``) and,
-    with ``keep_eval_masks``, at full resolution (``eval_masks``). CSV rows without an image or with an
+    ``NAME_anno.*``) and must have the image's size; they are kept at the training size (``masks``: a
+    negative bag's is all background, as evaluation scores it, so full supervision and mask-based model
+    selection follow the weak protocol) and, with ``keep_eval_masks``, at full resolution
+    (``eval_masks``, as stored). CSV rows without an image or with an
     empty label cell are listed in ``skipped``; ``notes`` says what was skipped or merged, one line each.
     Two rows naming the same image (``im3`` and ``im3.png``) are merged when they agree and refused when
     they do not. Raises :class:`InputError` for no images, a missing column, a mask size mismatch, or
@@ -442,7 +444,9 @@ def load_image_folder(
                     f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                     f"{img.shape[1]}x{img.shape[0]}"
                 )
-            masks.append(_resize(mask, size, nearest=True))
+            # The weak protocol's truth: a negative bag is all background, whatever its mask outlines
+            # (GlaS masks also outline benign glands; training on them teaches "gland", not "tumour").
+            masks.append(_resize(mask if label else np.zeros_like(mask), size, nearest=True))
             if keep_eval_masks:
                 eval_masks.append(mask)
         images.append(_resize(img, size, nearest=False))
