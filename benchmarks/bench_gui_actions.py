@@ -4,10 +4,12 @@ Imported by :mod:`bench_gui` (phase ``actions``). On the sample slide, through t
 :class:`~napari_milkd._widget.slide_widget.SlideWidget` in a napari viewer: *Prepare slide*, brush strokes
 in the weak labels (each until its bag note is shown), *Import…* of an 85-region QuPath GeoJSON (until the
 regions are painted), a training stage finishing (``_stage_done`` with a working-size map, until its mask
-layer is shown) and *Export…* as GeoJSON (until written). For each action the heartbeat's stall stats
-(how long the GUI thread was blocked, in ms; ``max`` is the longest single freeze) and the action's
-end-to-end seconds. ``legacy``: the same actions' old synchronous handler bodies, timed directly (what
-each cost on the GUI thread before they moved to workers / incremental counts).
+layer is shown), *Export…* as GeoJSON (until written) and *Go back* to a kept round (until its mask is
+shown; ``keep_round_ms``: keeping the round, which Next round does on the GUI thread). For each action
+the heartbeat's stall stats (how long the GUI thread was blocked, in ms; ``max`` is the longest single
+freeze) and the action's end-to-end seconds. ``legacy``: the same actions' old synchronous handler
+bodies, timed directly (what each cost on the GUI thread before they moved to workers / incremental
+counts).
 """
 
 from __future__ import annotations
@@ -133,6 +135,22 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
     slide_form.QFileDialog.getSaveFileName = staticmethod(lambda *a, **k: (str(target), ""))  # type: ignore[method-assign]
     out["export"] = measure(action(widget.export_button.click, lambda: not widget.busy and target.exists()))
 
+    # Go back: keep this teacher as a round (what Next round does first; timed on the GUI thread), let a
+    # second teacher replace it, then bring the kept one back through the round list.
+    t0 = time.perf_counter()
+    kept = session.keep_round("bench")
+    out["keep_round_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    assert kept is not None
+    session.accept(StageOutput("teacher", rng.random(shape, dtype=np.float32), result, 1, 1))
+    widget.show_stage("teacher")
+    widget.round_list.combo.setCurrentIndex(widget.round_list.combo.findData(kept.number))
+    out["go_back"] = measure(
+        action(
+            widget.round_list.go_back.click,
+            lambda: not widget.busy and f"back to round {kept.number}" in widget.training.status.text(),
+        )
+    )
+
     # The old synchronous handler bodies, timed on the GUI thread.
     legacy: dict[str, float] = {}
 
@@ -158,10 +176,12 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
 
 
 def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs of one action: the worst p99/max and the mean seconds."""
+    """Several runs of one action: the median p50, the worst p99/max and the mean seconds."""
     return {
         "runs": len(runs),
+        "p50_ms": round(float(np.median([r.get("p50_ms", 0.0) for r in runs])), 1),
         "p99_ms": max(r.get("p99_ms", 0.0) for r in runs),
         "max_ms": max(r.get("max_ms", 0.0) for r in runs),
+        "gc2_max_ms": max(r.get("gc2_max_ms", 0.0) for r in runs),
         "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 2),
     }

@@ -23,6 +23,7 @@ from napari_milkd.core.session.rounds import list_rounds, rounds_dir
 from napari_milkd.core.session.slide_session import STAGES
 
 if TYPE_CHECKING:
+    from napari_milkd._widget.background import Steps
     from napari_milkd._widget.slide_widget import SlideWidget
     from napari_milkd.core.session.slide_session import RestoredRound
 
@@ -112,13 +113,17 @@ def go_back(widget: SlideWidget) -> None:
         notify_error(exc)
         return
 
-    def restored(result: RestoredRound) -> None:
-        if widget.session is not session:
-            return
+    def restored(result: RestoredRound) -> Steps | None:
+        return shown(result) if widget.session is session else None
+
+    def shown(result: RestoredRound) -> Steps:
+        """The round's maps become the session's; its layers follow, one per turn of the event loop."""
+        assert session is not None
         session.take_restored(result)
         for stage in STAGES:
             if stage in session.masks:
-                widget.show_stage(stage)
+                yield
+                yield from widget._stage_layers(session, stage)
             else:
                 widget.layers.remove(f"{stage} mask")
                 widget.layers.remove(f"{stage} probability")

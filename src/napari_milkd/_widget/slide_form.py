@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -35,15 +35,18 @@ from napari_milkd._widget.qt_helpers import (
     fmt_mpp,
     notify_error,
     notify_info,
+    scroll_into_view,
     stack_in_scroll_area,
 )
 from napari_milkd._widget.round_list import RoundList
 from napari_milkd._widget.slide_buttons import SlideState, button_reasons
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
+from napari_milkd._widget.slide_list import SlideList
 from napari_milkd._widget.slide_open import SlideOpener
 from napari_milkd._widget.training_panel import TrainingPanel
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.session.project import PROJECTS_ENV, choose_projects_root, projects_root
+from napari_milkd.core.session.weak_labels import BAG_RULES, bag_rule
 from napari_milkd.core.slides.slide import level_for_mpp
 from napari_milkd.core.slides.types import SlideInfo
 
@@ -58,6 +61,10 @@ NO_SLIDE = (
     f"Open a slide: 'Open slide…', drag it here or use {' ▸ '.join(OPEN_MENU)}; "
     f"or the sample: {' ▸ '.join(SAMPLE_MENU)}."
 )
+#: The dock's sections, top to bottom.
+SECTIONS = ("slide", "weak", "train", "review")
+#: The bag rules the "Tumour-free tiles" box offers, the default first.
+BAG_RULE_CHOICES = {"scribbles": "scribbles: all paint in the tile", "regions": "regions: ≥ 90 % painted"}
 #: Export formats in the order of the format box, as :meth:`SlideSession.export` names them.
 EXPORT_FORMATS = (
     ("QuPath GeoJSON", "geojson", ".geojson"),
@@ -125,6 +132,7 @@ class SlideForm(SlideOpener, QWidget):
             "Choose the folder new projects go to (remembered). Slides are never written to."
         )
         self._show_projects_root()
+        self.slide_list = SlideList()  # the slides open, their state, training on all of them
         self.prepare_button = QPushButton("Prepare slide")
         self.prepare_button.setToolTip("Find tissue and tiles at the working resolution; restore saved work.")
         self.result_note = QLabel("")
@@ -139,8 +147,18 @@ class SlideForm(SlideOpener, QWidget):
         self.all_free.setToolTip("Mark all tissue tumour-free (a negative slide); painted tumour is kept")
         self.import_button = QPushButton("Import…")
         self.import_button.setToolTip("QuPath GeoJSON or ASAP XML; shows each class and its label first")
+        self.undo_import_button = QPushButton("Undo import")
+        self.undo_import_button.setToolTip("Put back what the last import changed")
         self.bag_note = QLabel("")
         self.bag_note.setWordWrap(True)
+        self.bag_note.setTextFormat(Qt.TextFormat.RichText)
+        self.bag_rule_combo = QComboBox()
+        for name, text in BAG_RULE_CHOICES.items():
+            self.bag_rule_combo.addItem(text, name)
+        self.bag_rule_combo.setToolTip(
+            "When a painted tile counts as tumour-free (a negative bag). Scribbles: all paint in the tile "
+            "is tumour-free and it is mostly tissue. Regions (drawn or imported outlines): ≥ 90 % painted."
+        )
 
         self.training = TrainingPanel()
         self.train_teacher_button = QPushButton("Train teacher")
@@ -181,6 +199,7 @@ class SlideForm(SlideOpener, QWidget):
         slide_box = QGroupBox("1 · Slide")
         form = QFormLayout(slide_box)
         form.addRow("Layer", _row(self.layer_combo, self.open_button))
+        form.addRow("Slides", self.slide_list)
         form.addRow(self.facts)
         form.addRow(self.mpp_spin, self.mpp_apply)
         form.addRow("Work at", self.target_spin)
@@ -193,7 +212,8 @@ class SlideForm(SlideOpener, QWidget):
         weak_box = QGroupBox("2 · Weak labels")
         weak = QVBoxLayout(weak_box)
         weak.addLayout(_row(self.paint_tumour, self.paint_free))
-        weak.addLayout(_row(self.all_free, self.import_button))
+        weak.addLayout(_row(self.all_free, self.import_button, self.undo_import_button))
+        weak.addLayout(_row(QLabel("Tumour-free tiles"), self.bag_rule_combo))
         weak.addWidget(self.bag_note)
 
         train_box = QGroupBox("3 · Teacher and student")
@@ -212,7 +232,19 @@ class SlideForm(SlideOpener, QWidget):
         rform.addRow("Format", self.export_format)
         rform.addRow(self.export_button)
 
-        stack_in_scroll_area(self, (slide_box, weak_box, train_box, review_box))
+        boxes = (slide_box, weak_box, train_box, review_box)
+        #: The four collapsible sections: "slide", "weak", "train", "review".
+        self.sections = dict(zip(SECTIONS, stack_in_scroll_area(self, boxes), strict=True))
+
+    def focus_section(self, name: str, *, summary: str | None = None) -> None:
+        """Fold the slide section into a one-line summary once it is done (``summary`` goes into its
+        title), and unfold ``name``, so the section being worked in is on screen, even on a laptop."""
+        if summary is not None:
+            self.sections["slide"].setText(f"1 · Slide — {summary}")
+            self.sections["slide"].collapse(animate=False)
+        self.sections[name].expand(animate=False)
+        # After the layout has taken the folding into account.
+        QTimer.singleShot(0, lambda: scroll_into_view(self.sections[name]))
 
     def export_choice(self) -> tuple[str, str, str]:
         """``(stage, format, file suffix)`` chosen in section 4."""
@@ -304,24 +336,34 @@ class SlideForm(SlideOpener, QWidget):
             self.level_note.setText("needs the slide's µm/px")
 
     def take_saved_settings(self, settings: dict[str, Any], where: Path) -> None:
-        """Set working resolution and tile size to what a project ``where`` saved (said in a
-        notification when they differ from the form)."""
+        """Set working resolution, tile size, the bag rule and the training settings to what a project
+        ``where`` saved (said in one notification when they differ from the form)."""
+        changed: list[str] = []
         work_mpp, tile = settings.get("work_mpp"), settings.get("tile")
-        if not isinstance(work_mpp, int | float) or not isinstance(tile, int):
-            return
-        if (round(float(work_mpp), 2), tile) == (round(self.target_spin.value(), 2), self.tile_spin.value()):
-            return
-        self.target_spin.setValue(float(work_mpp))
-        self.tile_spin.setValue(tile)
-        notify_info(
-            f"working at {work_mpp:g} µm/px with {tile} px tiles, as saved", f"project folder: {where}"
-        )
+        if isinstance(work_mpp, int | float) and isinstance(tile, int):
+            form = (round(self.target_spin.value(), 2), self.tile_spin.value())
+            if (round(float(work_mpp), 2), tile) != form:
+                self.target_spin.setValue(float(work_mpp))
+                self.tile_spin.setValue(tile)
+                changed.append(f"working at {work_mpp:g} µm/px with {tile} px tiles")
+        rule = settings.get("bag_rule")
+        if rule in BAG_RULES and rule != self.bag_rule_combo.currentData():
+            self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(rule))
+            changed.append(f"{rule} rule for tumour-free tiles")
+        training = settings.get("training")
+        if isinstance(training, dict):
+            changed.extend(self.training.apply_settings(training))
+        if changed:
+            notify_info(f"as saved: {', '.join(changed)}", f"project folder: {where}")
 
     def show_bags(self, positive: int, negative: int) -> None:
-        """Say how many bags (tiles) of each kind the weak labels give."""
+        """Say how many bags (tiles) of each kind the weak labels give, and by which rule."""
         missing = " — paint both kinds to train" if not (positive and negative) else ""
+        rule = bag_rule(self.bag_rule_combo.currentData())
         self.bag_note.setText(
-            f"<b>{positive}</b> positive and <b>{negative}</b> negative bags (tiles){missing}"
+            f"<b>{positive}</b> positive and <b>{negative}</b> negative bags (tiles){missing}.<br>"
+            f"<small>A tile contains tumour when ≥ {rule.min_positive:.0%} of it is painted so; "
+            f"{rule.explanation}. The tiles layer shows which tiles count.</small>"
         )
 
     def _update_buttons(self) -> None:

@@ -10,17 +10,25 @@ and every decision; this widget holds Qt state only (layers, the worker, timers)
 runs in napari workers over the session's job generators, which work on copies; their results come back
 to the session on the main thread (``returned``). Import, export and taking a finished stage's map (save,
 mask) also run in a worker (:class:`~napari_milkd._widget.background.Background`, the UI busy meanwhile):
-nothing a user does should hold the GUI thread for more than ~100 ms. The weak-labels layer's data *is*
-``session.weak``, so brush strokes land in the session and each recounts only the tiles under it
-(:mod:`~napari_milkd._widget.slide_weak`); a mask layer holds a copy, and each edit is handed to
-:meth:`SlideSession.record_edit`. Cancel calls ``worker.quit()`` (effective at the next batch).
+nothing a user does should hold the GUI thread for more than ~100 ms. Prepare's worker also adopts
+(reads and resamples the project's maps, counts the bags), and what must touch layers afterwards (Prepare,
+a finished stage, Go back) runs in steps, one layer per turn of the event loop
+(:meth:`~napari_milkd._widget.background.Background.steps`), the widget busy until the last. The
+weak-labels layer's data *is* ``session.weak``, so brush strokes land in the session and each recounts
+only the tiles under it (:mod:`~napari_milkd._widget.slide_weak`); a mask layer holds a copy, and each
+edit is handed to :meth:`SlideSession.record_edit`. Cancel calls ``worker.quit()`` (effective at the
+next batch).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,20 +36,19 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog  # noqa: F401  (tests replace its dialogs through this module)
 
-from napari_milkd._widget.background import Background
-from napari_milkd._widget.mask_style import mask_colors
+from napari_milkd._widget.background import Background, Steps
+from napari_milkd._widget.mask_style import MaskStyle, mask_colors
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.round_list import go_back
 from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
-    TILE_COLORS,
     TISSUE_COLORS,
     WEAK_COLORS,
     SlideLayers,
     info_from_layer,
-    tile_map,
 )
+from napari_milkd._widget.slide_list import SlideGroupPart
 from napari_milkd._widget.slide_weak import WeakLabelsPart
 from napari_milkd.core.errors import MilkdError
 from napari_milkd.core.runtime import leave_cores_for_the_gui
@@ -62,7 +69,48 @@ def _run(job: Generator[JobEvent, None, StageOutput]) -> Generator[JobEvent, Non
     return (yield from job)
 
 
-class SlideWidget(WeakLabelsPart, SlideForm):
+#: Longest a Prepare worker waits for the GUI thread to show what it read (a safety net: it is set
+#: when the layers are shown, when that fails, and when the widget goes).
+SHOWN_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What Prepare's worker made: the geometry, what the session restored (in words), whether the
+    session took the project's lock, and :meth:`SlideSession.saved_stamp` before and after reading."""
+
+    work: SlideWork
+    restored: list[str]
+    locked: bool
+    stamps: tuple[Any, Any]
+
+
+def _prepare(
+    session: SlideSession, work_mpp: float, tile: int, lock: bool, shown: threading.Event
+) -> Generator[_Prepared, None, None]:
+    """Prepare's worker: plan tissue and tiles, then adopt them (read the project's maps, resample them,
+    count the bags: seconds on a restored project) on a session the GUI does not hold yet; yield the
+    result to the GUI thread and last until it has shown the layers (``shown``), so the job, and the
+    widget's busy state, covers them."""
+    work = session.plan(work_mpp, tile)
+    before = session.saved_stamp()
+    restored = session.adopt(work, lock=lock)
+    import pandas  # noqa: F401  (napari's first Labels layer imports it: ~0.4 s, here off the GUI thread)
+
+    yield _Prepared(work, restored, lock, (before, session.saved_stamp()))
+    deadline = time.monotonic() + SHOWN_TIMEOUT_S
+    while not shown.wait(0.1) and time.monotonic() < deadline:
+        pass
+
+
+def _style_of(style: MaskStyle) -> SimpleNamespace:
+    """The ``contour`` and ``opacity`` the dock's mask controls ask for."""
+    probe = SimpleNamespace(contour=None, opacity=None)
+    style.apply(probe)
+    return probe
+
+
+class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
     """napari-milkd: weak labels in, teacher and student masks out, corrected by hand, exported."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -78,11 +126,13 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         self._edit_timer = QTimer(self, singleShot=True, interval=0)
         self._edit_timer.timeout.connect(self.collect_corrections)
         self._init_weak_labels()
+        self._init_slide_group()  # the slide list: sessions of slides prepared before, training on all
         self.prepare_button.clicked.connect(self.start_prepare)
         self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
         self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
         self.all_free.clicked.connect(self.mark_all_free)
         self.import_button.clicked.connect(self._import_dialog)
+        self.undo_import_button.clicked.connect(self.undo_import)
         self.train_teacher_button.clicked.connect(lambda: self.start_training("teacher"))
         self.train_student_button.clicked.connect(lambda: self.start_training("student"))
         self.next_round_button.clicked.connect(self.next_round)
@@ -97,6 +147,9 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         # Closing the viewer destroys the widget (after hideEvent saved): the project's lock goes back.
         self._session_holder: list[SlideSession | None] = [None]
         self.destroyed.connect(lambda *_, held=self._session_holder: held[0] and held[0].close())
+        # ... and a Prepare worker waiting for its layers to be shown stops waiting.
+        self._shown_holder: list[threading.Event] = [threading.Event()]
+        self.destroyed.connect(lambda *_, held=self._shown_holder: held[0].set())
         self._refresh_layers()
 
     def hideEvent(self, event: Any) -> None:
@@ -122,7 +175,7 @@ class SlideWidget(WeakLabelsPart, SlideForm):
     @property
     def busy(self) -> bool:
         """True while a job (training, Prepare, import, export, saving a map) runs."""
-        return self.training.worker is not None or self.jobs.worker is not None
+        return self.training.worker is not None or self.jobs.busy
 
     def _refuse_when_busy(self) -> bool:
         if self.busy:
@@ -153,43 +206,90 @@ class SlideWidget(WeakLabelsPart, SlideForm):
             session = SlideSession(info.path, slide_mpp=user_mpp, project=project, mpp_hint=MPP_HINT)
             if reopened:  # a reopened project comes back as it was
                 self.take_saved_settings(session.saved_settings(), session.project.root)
+            session.set_bag_rule(self.bag_rule_combo.currentData())
         except MilkdError as exc:
             notify_error(exc)
             return
         self.training.status.setText("finding tissue and tiles…")
         self.training.progress.setRange(0, 0)
         work_mpp, tile = float(self.target_spin.value()), int(self.tile_spin.value())
+        # The session is adopted in the worker too, taking the project's lock there, unless the session
+        # prepared before is on the same project: it keeps the lock (and saves) until the layers change.
+        lock = self.session is None or self.session.project.root != session.project.root
+        self._shown_holder[0].set()
+        shown = self._shown_holder[0] = threading.Event()
         # Errors are shown once, by the panel, as a one-line notification.
-        worker = create_worker(session.plan, work_mpp, tile, _ignore_errors=True)
+        worker = create_worker(_prepare, session, work_mpp, tile, lock, shown, _ignore_errors=True)
         self._planned = (layer.name, session)
-        self.training.run(worker, self._adopt)
+        worker.yielded.connect(self._adopt)
+        self.training.run(worker, self._prepare_returned)
 
-    def _adopt(self, work: SlideWork) -> None:
-        assert self._planned is not None
-        slide_name, session = self._planned
-        self._save_now()  # strokes made while planning belong to the session prepared before
-        try:
-            restored = session.adopt(work)
-        except (MilkdError, OSError) as exc:
-            self.training.status.setText(f"failed: {notify_error(exc)}")
-            return
-        if self.session is not None and self.session is not session:
-            self.session.close()  # saved above; its project's lock goes back
-        self.session = self._session_holder[0] = session
-        self.layers.attach(slide_name, work.downsample)
-        assert session.tissue is not None and session.weak is not None
-        tissue = session.tissue.astype(np.uint8)
-        self.layers.put_labels("tissue", tissue, TISSUE_COLORS, opacity=0.25, visible=False)
-        tiles = self.layers.put_labels("tiles", tile_map(work), TILE_COLORS, opacity=0.8)
-        tiles.contour = 2
+    def _prepare_returned(self, _: object) -> None:
+        """Prepare's worker ends once its layers are shown (:meth:`_adopt` did the work)."""
+
+    def _adopt(self, prepared: _Prepared) -> None:
+        """Prepare's worker read the project: show it, one layer per turn of the event loop."""
+        shown = self._shown_holder[0]
+
+        def steps() -> Steps:
+            try:
+                yield from self._adopt_steps(prepared)
+            finally:
+                shown.set()  # the worker ends, and the widget is ready
+
+        self.jobs.steps(steps())
+
+    def _put_weak_layer(self, session: SlideSession) -> None:
+        assert session.work is not None and session.weak is not None
         weak = self.layers.put_labels("weak labels", session.weak, WEAK_COLORS, opacity=0.45)
-        weak.brush_size = max(10, work.grid.tile // 2)
+        weak.brush_size = max(10, session.work.grid.tile // 2)
         if weak not in self._watched:
             weak.events.paint.connect(self._on_weak_paint)
             weak.events.data.connect(self._on_weak_edit)
             self._watched.add(weak)
+
+    def _adopt_steps(self, prepared: _Prepared) -> Steps:
+        """Prepare's GUI half: the session becomes the widget's, then its layers are put one per step
+        (tissue, tiles, weak labels, each restored stage's), in the order they always had."""
+        assert self._planned is not None
+        slide_name, session = self._planned
+        work, restored = prepared.work, prepared.restored
+        self._save_now()  # strokes made while preparing belong to the session prepared before
+        try:
+            if not prepared.locked:  # that session was on this project: it has just saved its last edits
+                session.take_lock()
+                before, after = prepared.stamps
+                if session.saved_stamp() != after or before != after:  # saved while the worker read
+                    restored = session.adopt(work)  # read again (rare: strokes made during Prepare)
+        except (MilkdError, OSError) as exc:
+            self.training.status.setText(f"failed: {notify_error(exc)}")
+            return
+        if self.session is not None and self.session is not session:
+            self.leave_session(self.session, session)  # saved above; kept, or closed when the same slide
+        self.session = self._session_holder[0] = session
+        self.layers.attach(slide_name, work.downsample)
+        assert session.tissue is not None and session.weak is not None
+        weak = self.layers.get("weak labels")
+        if weak is not None and weak.data.shape == session.weak.shape:  # strokes land in this session now
+            self._put_weak_layer(session)
+        tissue = session.tissue.astype(np.uint8)
+        self.layers.put_labels("tissue", tissue, TISSUE_COLORS, opacity=0.25, visible=False)
+        yield
+        with self.layers.hidden() as added:  # outlined over the whole map: drawn at the next step
+            self.put_tiles_layer(work)
+        yield
+        self.layers.reveal(added)
+        yield
+        weak = self.layers.get("weak labels")
+        if weak is None or weak.data is not session.weak:
+            with self.layers.hidden() as added:
+                self._put_weak_layer(session)
+            yield
+            self.layers.reveal(added)
         for stage in STAGES:
-            self.show_stage(stage)
+            if session.mask(stage) is not None:
+                yield
+                yield from self._stage_layers(session, stage)
         if restored:
             notify_info(f"restored {', '.join(restored)}", f"project folder: {session.project.root}")
         grid = work.grid
@@ -202,11 +302,15 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         self.training.status.setText("")
         self._update_bag_note()
         self._update_buttons()
+        self.focus_section("weak", summary=f"{len(grid)} tiles at {grid.mpp:g} µm/px")
 
     # --- 3 · training ----------------------------------------------------------------------------
 
     def start_training(self, stage: str, *, resume: bool = True) -> None:
         """Train the teacher, or distil the student from it, in a worker; then predict the slide."""
+        if self.slide_list.group_ticked:  # "Train on all prepared slides"
+            self.start_group_training(stage, resume=resume)
+            return
         session = self._prepared()
         if session is None or session.work is None:
             notify_error("prepare the slide first")
@@ -277,16 +381,21 @@ class SlideWidget(WeakLabelsPart, SlideForm):
             self.training.status.setText(f"failed: {notify_error(exc)}")
             return
 
-        def taken(accepted: AcceptedMap) -> None:
-            if self.session is session:
-                session.take(accepted)
-                self._stage_taken(accepted)
+        def taken(accepted: AcceptedMap) -> Steps | None:
+            return self._stage_taken(session, accepted) if self.session is session else None
 
         self.jobs.run(job, text=f"{output.stage}: saving its map…", done=taken, failed="")
 
-    def _stage_taken(self, accepted: AcceptedMap) -> None:
+    def _stage_taken(self, session: SlideSession, accepted: AcceptedMap) -> Steps:
+        """A finished stage's GUI half, one layer per step: its probability image, then (the map made the
+        session's) its mask and the disagreement; the status line says it is done after the last."""
         output = accepted.output
-        self.show_stage(output.stage)
+        self._put_probability(output.stage, accepted.probability)
+        yield
+        if self.session is not session:
+            return
+        session.take(accepted)
+        yield from self._stage_layers(session, output.stage, probability=False)
         result = output.result
         self.training.status.setText(
             f"{output.stage} done: {result.epochs} epoch(s), selected epoch {result.best_epoch} "
@@ -294,30 +403,56 @@ class SlideWidget(WeakLabelsPart, SlideForm):
         )
         self.training.status.setToolTip(accepted.description or "")
         notify_info(f"{output.stage} mask ready — paint or erase in it to correct it")
+        self.focus_section("review")  # the corrected-pixels note and Export, in view while painting
 
     # --- masks and corrections -------------------------------------------------------------------
 
     def show_stage(self, stage: str) -> None:
         """Show the session's probability and (corrected) mask of ``stage`` as layers, and the
-        teacher/student disagreement once both exist; nothing when the stage has no map yet."""
+        teacher/student disagreement once both exist; nothing when the stage has no map yet. All at
+        once; :meth:`_stage_layers` is the same in steps."""
         session = self._prepared()
-        mask = session.mask(stage) if session is not None else None
-        if session is None or mask is None:
-            return
-        probability = session.probabilities[stage]
+        if session is not None:
+            for _ in self._stage_layers(session, stage):
+                pass
+
+    def _put_probability(self, stage: str, probability: np.ndarray) -> None:
         self.layers.put_image(
             f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False
         )
-        # The layer gets a copy: the session tells an edit by comparing with its own mask.
-        layer = self.layers.put_labels(f"{stage} mask", mask.copy(), mask_colors(stage))
-        self.mask_style.apply(layer)
+
+    def _stage_layers(self, session: SlideSession, stage: str, *, probability: bool = True) -> Steps:
+        """:meth:`show_stage` for ``session``, one layer per step (creating or refilling a working-size
+        layer costs 0.1–0.3 s on the GUI thread under software OpenGL)."""
+        if session.mask(stage) is None:
+            return
+        if probability:
+            self._put_probability(stage, session.probabilities[stage])
+            yield
+        mask = session.mask(stage)
+        if mask is None:
+            return
+        # The layer gets a copy: the session tells an edit by comparing with its own mask. The dock's
+        # style is applied only where the layer lacks it: each ``contour`` set recomputes the outlines
+        # over the whole map, which its new data has just done.
+        # A new layer is added hidden and styled, and drawn (outlines and all) at the next step.
+        style = _style_of(self.mask_style)
+        with self.layers.hidden() as added:
+            layer = self.layers.put_labels(f"{stage} mask", mask.copy(), mask_colors(stage))
+        if (layer.contour, layer.opacity) != (style.contour, style.opacity):
+            self.mask_style.apply(layer)
         if layer not in self._watched:
             # napari emits ``paint`` before it writes the pixels: re-read once control returns to Qt.
             layer.events.paint.connect(lambda *_: self._edit_timer.start())
             self._watched.add(layer)
-        gap = session.disagreement()
-        if gap is not None:
-            self.layers.put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
+        if added:
+            yield
+            self.layers.reveal(added)
+        if all(s in session.probabilities for s in STAGES):  # both: the disagreement changed
+            yield
+            gap = session.disagreement()
+            if gap is not None:
+                self.layers.put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
         self.export_stage.setCurrentText(stage)  # the newest mask is the one to export
         self._update_buttons()
 

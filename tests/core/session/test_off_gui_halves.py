@@ -1,5 +1,6 @@
-"""The halves the widget runs in a worker (``read_import``, ``accept_job``, ``export_job``) change nothing
-in the session; the GUI-thread halves (``apply_import``, ``take``) give what the one-call forms give."""
+"""The halves the widget runs in a worker (``read_import``, ``accept_job``, ``export_job``; ``adopt`` of a
+session the widget does not hold yet) change nothing in the session; the GUI-thread halves
+(``apply_import``, ``take``) give what the one-call forms give."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from napari_milkd.core.engine.train import TrainResult
+from napari_milkd.core.errors import WriteError
 from napari_milkd.core.session.jobs import StageOutput
 from napari_milkd.core.session.labels import NO_OPINION
 from napari_milkd.core.session.project import Project
@@ -69,3 +72,27 @@ def test_accept_halves_keep_corrections_made_meanwhile(tmp_path: Path) -> None:
         write = session.export_job("teacher", "geojson", tmp_path / "t.geojson")
         assert not (tmp_path / "t.geojson").exists()
         assert write() == tmp_path / "t.geojson" and (tmp_path / "t.geojson").exists()
+
+
+def test_adopt_in_a_worker_leaves_the_lock_and_tells_saves_made_meanwhile(tmp_path: Path) -> None:
+    """Prepare adopts in a worker; with ``lock=False`` the session prepared before (same project) keeps
+    the lock, and its saves, until ``take_lock``; ``saved_stamp`` tells that it saved meanwhile."""
+    with _session(tmp_path) as first:
+        assert first.work is not None and first.weak is not None
+        first.weak[0:8, 0:8] = 1
+        first.save()
+        second = SlideSession(tmp_path / "s.tiff", project=Project(tmp_path / "p"))
+        work = second.plan(0.5, 32)
+        before = second.saved_stamp()
+        restored = second.adopt(work, lock=False)
+        assert "weak labels" in restored and (second.weak[0:8, 0:8] == 1).all()
+        assert before == second.saved_stamp()  # reading changes no saved file
+        first.weak[8:16, 0:8] = 2  # a stroke in the first session while the second read the project
+        first.save()  # ... still allowed: the lock is the first's
+        assert second.saved_stamp() != before
+        second.take_lock()
+        assert second.adopt(work) and (second.weak[8:16, 0:8] == 2).all()  # adopting again reads it
+        first.weak[0, 0] = 2
+        with pytest.raises(WriteError):
+            first.save()  # the second session has the project now
+        second.close()

@@ -29,13 +29,14 @@ import numpy as np
 from napari_milkd.core.engine.datasets import BagSet
 from napari_milkd.core.errors import InputError
 from napari_milkd.core.session.cohort_manifest import TrainingSlide, slide_mpp
+from napari_milkd.core.session.labels import NO_OPINION
 from napari_milkd.core.session.weak_labels import (
     BAG_IGNORE,
     REGION_FREE,
     REGION_TUMOUR,
     bag_labels_from_regions,
 )
-from napari_milkd.core.slides.geometry import SlideWork, plan_work, read_tiles, tissue_map
+from napari_milkd.core.slides.geometry import SlideWork, plan_work, read_tiles, tile_crops, tissue_map
 from napari_milkd.core.slides.slide import SlideSource, open_slide
 
 #: Default cap on the bags (tiles) one slide contributes.
@@ -145,6 +146,45 @@ def _capped(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarra
     return np.sort(chosen)
 
 
+def read_slide_bags(
+    source: SlideSource,
+    work: SlideWork,
+    labels: np.ndarray,
+    *,
+    name: str,
+    group: str,
+    max_bags: int,
+    rng: np.random.Generator,
+    hard_labels: np.ndarray | None = None,
+) -> Generator[BagProgress, None, BagSet | None]:
+    """The bags of one open slide from every tile's bag label ``labels`` (``BAG_IGNORE`` = none): at most
+    ``max_bags`` of them (a draw by ``rng`` that keeps the positive/negative proportion), read through
+    the lazy view with :class:`BagProgress` (``stage`` "bags of ``name``"), named ``<name>:tile_<i>``,
+    grouped by ``group`` (for a split by slide); ``hard_labels`` (a working-resolution corrections map,
+    ``NO_OPINION`` elsewhere) become the bags' per-pixel overrides. None when no tile is a bag. Shared by
+    :func:`cohort_bags` and the widget's slide group (:mod:`~napari_milkd.core.session.slide_group`), so
+    both read the same bags from the same labels."""
+    index = np.flatnonzero(labels != BAG_IGNORE)
+    index = index[_capped(labels[index], max_bags, rng)]
+    if len(index) == 0:
+        return None
+    parts = []
+    for start in range(0, len(index), _READ_CHUNK):
+        yield BagProgress(f"bags of {name}", start, len(index))
+        parts.append(read_tiles(source, work.grid, index[start : start + _READ_CHUNK]))
+    yield BagProgress(f"bags of {name}", len(index), len(index))
+    hard = None
+    if hard_labels is not None:
+        hard = tile_crops(hard_labels.astype(np.uint8), work, index, fill=NO_OPINION)
+    return BagSet.from_arrays(
+        np.concatenate(parts),
+        labels[index].astype(np.uint8),
+        hard_labels=hard,
+        groups=[group] * len(index),
+        names=[f"{name}:tile_{i}" for i in index],
+    )
+
+
 def cohort_bags(
     slides: Sequence[TrainingSlide],
     *,
@@ -179,26 +219,21 @@ def cohort_bags(
             regions, notes = slide_regions(slide, source, work, tissue, class_map)
             warnings += notes
             labels = bag_labels_from_regions(work.grid, regions, work.downsample)
-            rng = np.random.default_rng([seed, k])
-            index = np.flatnonzero(labels.labels != BAG_IGNORE)
-            index = index[_capped(labels.labels[index], max_bags_per_slide, rng)]
-            if len(index) == 0:
-                warnings.append(f"{slide.name}: no tile is covered enough by a region to be a bag; skipped")
-                out.append(SlideBags(slide, None, 0, 0, tuple(warnings)))
-                continue
-            parts = []
-            for start in range(0, len(index), _READ_CHUNK):
-                yield BagProgress(f"bags of {slide.name}", start, len(index))
-                parts.append(read_tiles(source, work.grid, index[start : start + _READ_CHUNK]))
-            yield BagProgress(f"bags of {slide.name}", len(index), len(index))
+            bags = yield from read_slide_bags(
+                source,
+                work,
+                labels.labels,
+                name=slide.name,
+                group=str(slide.slide),
+                max_bags=max_bags_per_slide,
+                rng=np.random.default_rng([seed, k]),
+            )
         finally:
             source.close()
-        bags = BagSet.from_arrays(
-            np.concatenate(parts),
-            labels.labels[index].astype(np.uint8),
-            groups=[str(slide.slide)] * len(index),
-            names=[f"{slide.name}:tile_{i}" for i in index],
-        )
+        if bags is None:
+            warnings.append(f"{slide.name}: no tile is covered enough by a region to be a bag; skipped")
+            out.append(SlideBags(slide, None, 0, 0, tuple(warnings)))
+            continue
         out.append(SlideBags(slide, bags, labels.n_positive, labels.n_negative, tuple(warnings)))
     n_pos = sum(s.bags.n_pos for s in out if s.bags is not None)
     n_neg = sum(s.bags.n_neg for s in out if s.bags is not None)

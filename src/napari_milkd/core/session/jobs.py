@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 
 from napari_milkd.core.engine.config import TrainConfig, TrainEvent, TrainResult
+from napari_milkd.core.engine.datasets import BagSet
 from napari_milkd.core.engine.spec import ModelSpec
-from napari_milkd.core.inference.stream import predict_map
+from napari_milkd.core.inference.stream import PredictProgress, predict_map
 from napari_milkd.core.progress import relay
 from napari_milkd.core.runtime import free_device_memory
 from napari_milkd.core.session.labels import ReadingTiles, slide_bags_job
+from napari_milkd.core.session.weak_labels import REGIONS_RULE, BagRule
 from napari_milkd.core.slides.geometry import SlideWork
-from napari_milkd.core.slides.slide import open_slide
+from napari_milkd.core.slides.slide import SlideSource, open_slide
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ def slide_stage_job(
     teacher_checkpoint: str | Path | None = None,
     resume: bool = True,
     card: dict[str, Any] | None = None,
+    bag_rule: BagRule = REGIONS_RULE,
 ) -> Generator[JobEvent, None, StageOutput]:
     """Train ``stage`` (``"teacher"`` or ``"student"``) on a slide's weak labels, then predict its map.
 
@@ -89,10 +92,9 @@ def slide_stage_job(
     ``checkpoint_dir/<stage>.pt``; an unfinished one is resumed when ``resume``, a finished one is
     replaced by a new run. A student needs ``teacher_checkpoint``. Every checkpoint records the model's
     input spec (working µm/px, tile size), so any predictor feeds it as it was trained, and the model
-    card's provenance ``card`` (see :func:`~napari_milkd.core.engine.card.slide_provenance`).
+    card's provenance ``card`` (see :func:`~napari_milkd.core.engine.card.slide_provenance`). Tiles
+    become bags by ``bag_rule`` (:mod:`~napari_milkd.core.session.weak_labels`).
     """
-    from napari_milkd.core.engine.train import distill_student, load_model, train_teacher
-
     if stage not in ("teacher", "student"):
         raise ValueError(f"unknown stage {stage!r}")
     checkpoint = Path(checkpoint_dir) / f"{stage}.pt"
@@ -101,48 +103,23 @@ def slide_stage_job(
     source = open_slide(slide_path, mpp=mpp)
     try:
         bags, labels, _ = yield from slide_bags_job(
-            source, work, regions, hard_labels=hard_labels, stage=stage
+            source, work, regions, hard_labels=hard_labels, rule=bag_rule, stage=stage
         )
         train, val = bags.split(0.2, seed=config.seed)
         if not val.n_pos or not val.n_neg:
             val = None  # too few bags to hold out both kinds: select on the last epoch
-        continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
-        if stage == "teacher":
-            gen = train_teacher(
-                train, val, config, checkpoint=checkpoint, resume=continuing, spec=spec, card=card
-            )
-        else:
-            if teacher_checkpoint is None:
-                raise ValueError("a student needs a teacher checkpoint")
-            gen = distill_student(
-                train,
-                val,
-                config,
-                teacher=teacher_checkpoint,
-                checkpoint=checkpoint,
-                resume=continuing,
-                spec=spec,
-                card=card,
-            )
-        result = yield from gen
-        model, _ = load_model(checkpoint, device=config.device)
-        buffer = np.zeros(work.shape, np.float32)
-        gen = predict_map(
-            model,
-            source,
-            work.grid,
-            batch_size=config.batch_size,
-            device=config.device,
-            stage=f"{stage} map",
-            out=buffer,
+        result = yield from train_stage_job(
+            stage,
+            train,
+            val,
+            config,
+            checkpoint,
+            spec=spec,
+            teacher_checkpoint=teacher_checkpoint,
+            resume=resume,
+            card=card,
         )
-
-        def preview(event: Any) -> MapPreview:
-            return MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
-
-        probability = yield from relay(gen, preview)
-        del model
-        free_device_memory()
+        probability = yield from predict_stage_map(stage, checkpoint, source, work, config)
     finally:
         source.close()
     return StageOutput(
@@ -152,3 +129,85 @@ def slide_stage_job(
         n_positive=labels.n_positive,
         n_negative=labels.n_negative,
     )
+
+
+def train_stage_job(
+    stage: str,
+    train: BagSet,
+    val: BagSet | None,
+    config: TrainConfig,
+    checkpoint: Path,
+    *,
+    spec: ModelSpec,
+    teacher_checkpoint: str | Path | None = None,
+    resume: bool = True,
+    card: dict[str, Any] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train ``stage`` on ``train`` (selecting on ``val``, or on the last epoch when None) into
+    ``checkpoint``: an unfinished checkpoint is resumed when ``resume``, a finished one is replaced by a
+    new run. A student needs ``teacher_checkpoint``. The part of :func:`slide_stage_job` a group of
+    slides shares (:mod:`~napari_milkd.core.session.slide_group`)."""
+    from napari_milkd.core.engine.train import distill_student, train_teacher
+
+    continuing = resume and checkpoint.exists() and not checkpoint_is_complete(checkpoint)
+    if stage == "teacher":
+        gen = train_teacher(
+            train, val, config, checkpoint=checkpoint, resume=continuing, spec=spec, card=card
+        )
+    elif stage == "student":
+        if teacher_checkpoint is None:
+            raise ValueError("a student needs a teacher checkpoint")
+        gen = distill_student(
+            train,
+            val,
+            config,
+            teacher=teacher_checkpoint,
+            checkpoint=checkpoint,
+            resume=continuing,
+            spec=spec,
+            card=card,
+        )
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return (yield from gen)
+
+
+def predict_stage_map(
+    stage: str,
+    checkpoint: Path,
+    source: SlideSource,
+    work: SlideWork,
+    config: TrainConfig,
+    *,
+    preview: bool = True,
+    name: str | None = None,
+) -> Generator[MapPreview | PredictProgress, None, np.ndarray]:
+    """Load the model of ``checkpoint`` and predict the working map of the open slide ``source``.
+
+    With ``preview`` its events are :class:`MapPreview` (the map filling band by band), else the
+    predictor's own progress events. ``name`` (the slide's) is added to the events' stage. The model is
+    freed before returning.
+    """
+    from napari_milkd.core.engine.train import load_model
+
+    model, _ = load_model(checkpoint, device=config.device)
+    buffer = np.zeros(work.shape, np.float32)
+    gen = predict_map(
+        model,
+        source,
+        work.grid,
+        batch_size=config.batch_size,
+        device=config.device,
+        stage=f"{stage} map" + (f" of {name}" if name else ""),
+        out=buffer,
+    )
+
+    def as_preview(event: Any) -> MapPreview:
+        return MapPreview(event.stage, event.done, event.total, int(event.rows_done or 0), buffer)
+
+    try:
+        probability = yield from (relay(gen, as_preview) if preview else gen)
+    finally:
+        del model
+        free_device_memory()
+    return probability

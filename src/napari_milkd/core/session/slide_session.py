@@ -58,7 +58,16 @@ from napari_milkd.core.session.rounds import (
     read_round,
     replace_with,
 )
-from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR, BagCounter
+from napari_milkd.core.session.weak_labels import (
+    BAG_RULES,
+    REGION_FREE,
+    REGION_TUMOUR,
+    REGIONS_RULE,
+    BagCounter,
+    BagLabels,
+    BagRule,
+)
+from napari_milkd.core.session.weak_labels import bag_rule as weak_bag_rule
 from napari_milkd.core.slides.geometry import SlideWork, plan_work, tile_crops, tissue_map
 from napari_milkd.core.slides.sample import is_sample_slide
 from napari_milkd.core.slides.slide import open_slide
@@ -66,6 +75,10 @@ from napari_milkd.core.slides.types import SlideInfo
 
 #: The two models of a session, in training order.
 STAGES = ("teacher", "student")
+#: Where :meth:`SlideSession.apply_import` can put imported regions.
+IMPORT_TARGETS = ("weak", "corrections")
+#: The :class:`TrainConfig` fields a project remembers, so a reopened project trains as before.
+TRAINING_SETTINGS = ("backbone", "teacher_epochs", "student_epochs", "batch_size")
 #: Largest working map side: bigger editable Labels break napari's painting (texture limit).
 MAX_WORK_SIDE = 16384
 #: Export formats :meth:`SlideSession.export` writes.
@@ -163,6 +176,7 @@ class SlideSession:
         slide_mpp: float | None = None,
         project: Project | None = None,
         mpp_hint: str = "give the slide's level-0 µm/px",
+        bag_rule: str | None = None,
     ) -> None:
         source = open_slide(slide_path, mpp=slide_mpp)
         try:
@@ -188,6 +202,13 @@ class SlideSession:
         self._closed = False
         self._damage_notes: list[str] = []
         self._bag_counter: BagCounter | None = None
+        #: The last import, to undo it: (target, box, what the box held before).
+        self._last_import: tuple[str, tuple[int, int, int, int], np.ndarray] | None = None
+        #: How painted regions become bags (``bag_rule`` names it; else the project's, else regions).
+        self.bag_rule: BagRule = weak_bag_rule(bag_rule) if bag_rule else REGIONS_RULE
+        self._rule_given = bag_rule is not None
+        #: The training settings of the last run (:data:`TRAINING_SETTINGS`), kept in the project.
+        self.training_settings: dict[str, Any] = {}
 
     # --- lifetime ------------------------------------------------------------------------------------
 
@@ -253,20 +274,27 @@ class SlideSession:
             )
         return work
 
-    def adopt(self, work: SlideWork) -> list[str]:
+    def adopt(self, work: SlideWork, *, lock: bool = True) -> list[str]:
         """Make ``work`` the session's geometry and restore what the project saved; return what was
         restored, in words. Saved maps of another geometry are resampled onto this one, never dropped;
         a damaged saved file is kept aside (``<name>.corrupt-<time>``), that item starts empty, and the
         list says so. Takes the project's lock first: another process's session on the same project is
-        a one-line :class:`InputError` naming it, and nothing changes."""
-        self._take_lock()
+        a one-line :class:`InputError` naming it, and nothing changes.
+
+        A session nobody else holds yet may adopt in a worker thread (the widget does: reading, resampling
+        and counting take seconds). ``lock=False`` leaves the lock to :meth:`take_lock` when an earlier
+        session of this process on the same project still has edits to save; :meth:`saved_stamp`, taken
+        before and compared after, tells whether it saved meanwhile (then adopt again)."""
+        if lock:
+            self._take_lock()
         self.work = work
         self.tissue = tissue_map(work)
         self.probabilities, self.masks, self.reviewed = {}, {}, set()
+        self._last_import = None
         restored: list[str] = []
         weak = self._restored("weak_labels", order=0, said="weak labels", restored=restored)
         self.weak = weak.astype(np.uint8) if weak is not None else np.zeros(work.shape, np.uint8)
-        self._bag_counter = BagCounter(work.grid, work.downsample, self.weak)
+        self._bag_counter = BagCounter(work.grid, work.downsample, self.weak, rule=self.bag_rule)
         hard = self._restored("corrections", order=0, said="corrections", restored=restored)
         self.hard = hard.astype(np.uint8) if hard is not None else np.full(work.shape, NO_OPINION, np.uint8)
         if hard is not None:
@@ -281,8 +309,21 @@ class SlideSession:
         self.round = int(settings.get("round", 0)) if isinstance(settings.get("round", 0), int) else 0
         metrics = settings.get("stage_metrics")
         self.stage_metrics = {s: dict(m) for s, m in metrics.items()} if isinstance(metrics, dict) else {}
+        training = settings.get("training")
+        self.training_settings = dict(training) if isinstance(training, dict) else {}
+        if not self._rule_given and settings.get("bag_rule") in BAG_RULES:
+            self.set_bag_rule(settings["bag_rule"])
         self._save_settings()
         return restored
+
+    def take_lock(self) -> None:
+        """Take the project's lock now (what :meth:`adopt` does first; see its ``lock``)."""
+        self._take_lock()
+
+    def saved_stamp(self) -> tuple[Any, ...]:
+        """Size and modification time of the saved weak labels and corrections (what edits change): equal
+        stamps before and after an :meth:`adopt` mean it read the latest saved edits."""
+        return tuple(fingerprint(self._array_file(name)) for name in ("weak_labels", "corrections"))
 
     def prepare(self, work_mpp: float, tile: int) -> list[str]:
         """:meth:`plan` then :meth:`adopt`, in one call (headless use)."""
@@ -333,6 +374,8 @@ class SlideSession:
                 "shape": list(work.shape),
                 "round": self.round,
                 "stage_metrics": self.stage_metrics,
+                "bag_rule": self.bag_rule.name,
+                "training": self.training_settings,
             }
         )
 
@@ -393,20 +436,62 @@ class SlideSession:
         crop = (slice(r0, r1), slice(c0, c1))
         return ImportedRegions(labels[crop].copy(), excluded[crop].copy(), box, work.shape, summary)
 
-    def apply_import(self, imported: ImportedRegions) -> ImportSummary:
-        """Paint what :meth:`read_import` read into the weak labels (only inside its regions' box) and
-        recount the bags under it; return its summary."""
+    def apply_import(self, imported: ImportedRegions, into: str = "weak") -> ImportSummary:
+        """Paint what :meth:`read_import` read (only inside its regions' box) and return its summary.
+
+        ``into="weak"``: into the weak labels ("contains tumour" / "tumour-free"; exclusions erase), and
+        the bags under the box are recounted. ``into="corrections"``: as hand corrections (ground truth:
+        positive regions tumour, negative regions not; exclusions clear corrections), applied to every
+        mask. Either can be taken back with :meth:`undo_import` (the last import only)."""
         work = self._require_work()
-        assert self.weak is not None
+        assert self.weak is not None and self.hard is not None
+        if into not in IMPORT_TARGETS:
+            raise InputError(f"cannot import into {into!r}; choose {' or '.join(IMPORT_TARGETS)}")
         if imported.shape != work.shape:
             raise InputError("the slide was prepared again while the file was read: import it again")
         r0, c0, r1, c1 = box = imported.box
         labels, excluded = imported.labels, imported.excluded
-        weak = self.weak[r0:r1, c0:c1]  # a view: the session's map (and a layer showing it) changes
-        weak[labels > 0] = labels[labels > 0]
-        weak[excluded] = 0
-        self.weak_edited(box)
+        target = self.weak if into == "weak" else self.hard
+        region = target[r0:r1, c0:c1]  # a view: the session's map (and a layer showing it) changes
+        self._last_import = (into, box, region.copy())
+        if into == "weak":
+            region[labels > 0] = labels[labels > 0]
+            region[excluded] = 0
+            self.weak_edited(box)
+        else:
+            region[labels == REGION_TUMOUR] = 1
+            region[labels == REGION_FREE] = 0
+            region[excluded] = NO_OPINION
+            self._reapply_corrections()
         return imported.summary
+
+    @property
+    def can_undo_import(self) -> bool:
+        """True when the last import can still be taken back (:meth:`undo_import`)."""
+        return self._last_import is not None
+
+    def undo_import(self) -> str:
+        """Put back what the last :meth:`apply_import` changed (weak labels or corrections, exactly as
+        they were inside its box); return which it was. Edits made in that box since are undone too."""
+        if self._last_import is None:
+            raise InputError("there is no import to undo")
+        into, (r0, c0, r1, c1), before = self._last_import
+        self._last_import = None
+        if into == "weak":
+            assert self.weak is not None
+            self.weak[r0:r1, c0:c1] = before
+            self.weak_edited((r0, c0, r1, c1))
+        else:
+            assert self.hard is not None
+            self.hard[r0:r1, c0:c1] = before
+            self._reapply_corrections()
+        return into
+
+    def _reapply_corrections(self) -> None:
+        """Rebuild every stage's mask from its map with the current corrections (after they changed
+        other than by painting in a mask)."""
+        for stage, probability in self.probabilities.items():
+            self._set_probability(stage, probability)
 
     def bag_counts(self) -> tuple[int, int]:
         """``(positive, negative)`` bags (tiles) the current weak labels give, recounted over the whole
@@ -426,6 +511,21 @@ class SlideSession:
     def bags(self) -> tuple[int, int]:
         """``(positive, negative)`` bags as last counted (no recount)."""
         return (0, 0) if self._bag_counter is None else self._bag_counter.counts()
+
+    def bag_labels(self) -> BagLabels | None:
+        """Every tile's bag label as last counted (positive, negative, ignored), or None before
+        :meth:`adopt`."""
+        return None if self._bag_counter is None else self._bag_counter.labels()
+
+    def set_bag_rule(self, name: str) -> None:
+        """Count bags by the rule ``name`` from now on (``"scribbles"`` or ``"regions"``, see
+        :mod:`~napari_milkd.core.session.weak_labels`); the project remembers it. The weak labels do
+        not change, only which tiles they make bags."""
+        self.bag_rule = weak_bag_rule(name)
+        self._rule_given = True
+        if self._bag_counter is not None:
+            self._bag_counter.use_rule(self.bag_rule)
+            self._save_settings()
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -455,7 +555,9 @@ class SlideSession:
         if stage == "student" and not self.has_model("teacher"):
             raise InputError("train the teacher first")
         self._keep_before_replacing((stage,), f"before training the {stage} again")
+        self.training_settings = {name: getattr(config, name) for name in TRAINING_SETTINGS}
         self.save()
+        self._save_settings()  # a reopened project shows the same backbone and epochs
         if config.size != work.grid.tile:
             config = replace(config, size=work.grid.tile)  # the model sees the session's tiles
         return slide_stage_job(
@@ -470,6 +572,7 @@ class SlideSession:
             teacher_checkpoint=self.checkpoint("teacher") if stage == "student" else None,
             resume=resume,
             card=slide_provenance([self.slide_path], sample_only=is_sample_slide(self.slide_path)),
+            bag_rule=self.bag_rule,
         )
 
     def accept(self, output: StageOutput) -> np.ndarray:
