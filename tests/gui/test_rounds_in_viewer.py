@@ -66,8 +66,9 @@ def test_next_round_is_listed_and_go_back_restores_its_student_mask(
     assert rounds.combo.count() == 0  # nothing replaced yet
 
     # Next round: round 1 is kept in the project and listed.
-    widget.next_round_button.click()
-    assert rounds.combo.count() == 1 and rounds.combo.itemText(0).startswith("round 1 · ")
+    widget.next_round_button.click()  # the round is kept in a worker, then the student distils
+    qtbot.waitUntil(lambda: rounds.combo.count() == 1, timeout=60_000)
+    assert rounds.combo.itemText(0).startswith("round 1 · ")
     qtbot.waitUntil(lambda: not widget.busy, timeout=240_000)
     assert "student done" in widget.training.status.text()
     label = rounds.combo.itemText(0)

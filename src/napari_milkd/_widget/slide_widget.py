@@ -331,16 +331,25 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         if session is None or session.work is None or self._refuse_when_busy():
             return
         self._flush_edits()
-        round_before = session.round
-        job = None
+        config = self.training.config(session.work.grid.tile)
+
+        def promoted(_: object) -> Steps | None:
+            return self._distil_after_promotion(session, config) if self.session is session else None
+
+        # Keeping the round, copying the model and rebuilding the teacher's mask take seconds: a worker.
+        text = "next round: the student becomes the teacher…"
+        self.jobs.run(session.promote_student, text=text, done=promoted, failed="next round")
+
+    def _distil_after_promotion(self, session: SlideSession, config: Any) -> Steps:
+        """Next round's GUI half: show the promoted teacher, then distil the new student."""
+        self.show_stage("teacher")  # the student's map is the teacher's now
+        yield
         try:
-            job = session.next_round_job(self.training.config(session.work.grid.tile))
+            job = session.train_job("student", config, resume=False)
         except MilkdError as exc:
             notify_error(exc)
-        if session.round != round_before:
-            self.show_stage("teacher")  # the student's map is the teacher's now
-        if job is not None:
-            self._run_job(job, "student: starting…")
+            return
+        self._run_job(job, "student: starting…")
 
     def go_back_to_round(self) -> None:
         """Bring back the round chosen in section 3 (its models and masks; corrections are kept)."""
