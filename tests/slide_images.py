@@ -44,3 +44,28 @@ def tissue_square_slide(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_pyramidal_tiff(path, [image], mpp=0.5, tile=128)
     return path
+
+
+#: The two-tone slide's level-0 size and the column where "tumour" turns into normal tissue.
+TWO_TONE_SHAPE, TWO_TONE_SPLIT = (512, 768), 384
+
+
+def two_tone_slide(path: Path, seed: int = 0, mpp: float | None = 0.5) -> Path:
+    """A slide with a purple ("tumour") left half and a pink right half of tissue on white glass
+    (:data:`TWO_TONE_SHAPE`, split at column :data:`TWO_TONE_SPLIT`), two levels; ``mpp=None`` writes
+    a single-level TIFF without resolution tags."""
+    (h, w), split = TWO_TONE_SHAPE, TWO_TONE_SPLIT
+    rng = np.random.default_rng(seed)
+    image = np.full((h, w, 3), 245, np.uint8)
+    image[32 : h - 32, 32:split] = (120, 60, 160)
+    image[32 : h - 32, split : w - 32] = (230, 140, 190)
+    tissue = image[32 : h - 32, 32 : w - 32].astype(float) + rng.normal(0, 6, (h - 64, w - 64, 3))
+    image[32 : h - 32, 32 : w - 32] = np.clip(tissue, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mpp is None:
+        import tifffile
+
+        tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", compression="jpeg")
+        return path
+    write_pyramidal_tiff(path, [image, image[::4, ::4].copy()], mpp=mpp, tile=128)
+    return path

@@ -19,7 +19,7 @@ from napari_milkd.core.engine.checkpoint import load_checkpoint
 from napari_milkd.core.engine.datasets import BagSet
 from napari_milkd.core.session import cohort_training
 from napari_milkd.core.session.cohort_evaluation import score_masks
-from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from slide_images import two_tone_slide
 
 #: Level-0 µm/px of the generated slides; training works at twice that, with 32-px tiles.
 SLIDE_MPP = 0.5
@@ -37,19 +37,7 @@ TRAIN = ["--backbone", "tiny", "--tile", str(TILE), "--batch-size", "8", "--teac
 
 def _two_tone(path: Path, seed: int, mpp: float | None = SLIDE_MPP) -> Path:
     """A slide with a purple ("tumour") left half and a pink right half of tissue on white glass."""
-    rng = np.random.default_rng(seed)
-    image = np.full((H, W, 3), 245, np.uint8)
-    image[32 : H - 32, 32:SPLIT] = (120, 60, 160)
-    image[32 : H - 32, SPLIT : W - 32] = (230, 140, 190)
-    tissue = image[32 : H - 32, 32 : W - 32].astype(float) + rng.normal(0, 6, (H - 64, W - 64, 3))
-    image[32 : H - 32, 32 : W - 32] = np.clip(tissue, 0, 255).astype(np.uint8)
-    if mpp is None:  # a TIFF without resolution tags
-        import tifffile
-
-        tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", compression="jpeg")
-        return path
-    write_pyramidal_tiff(path, [image, image[::4, ::4].copy()], mpp=mpp, tile=128)
-    return path
+    return two_tone_slide(path, seed, mpp)
 
 
 def _feature(x0: int, y0: int, x1: int, y1: int, name: str) -> dict:

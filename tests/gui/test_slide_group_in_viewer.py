@@ -15,7 +15,7 @@ from napari_milkd._widget import SlideWidget
 from napari_milkd._widget.slide_layers import slide_layers
 from napari_milkd.core.session.slide_group import MANIFEST_NAME
 from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
-from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from slide_images import two_tone_slide
 
 SLIDE_MPP, WORK_MPP, TILE = 0.5, 1.0, 32
 H, W, SPLIT = 512, 768, 384
@@ -23,14 +23,7 @@ H, W, SPLIT = 512, 768, 384
 
 def _two_tone(path: Path, seed: int) -> Path:
     """Purple ("tumour") left half, pink right half of tissue on white glass."""
-    rng = np.random.default_rng(seed)
-    image = np.full((H, W, 3), 245, np.uint8)
-    image[32 : H - 32, 32:SPLIT] = (120, 60, 160)
-    image[32 : H - 32, SPLIT : W - 32] = (230, 140, 190)
-    tissue = image[32 : H - 32, 32 : W - 32].astype(float) + rng.normal(0, 6, (H - 64, W - 64, 3))
-    image[32 : H - 32, 32 : W - 32] = np.clip(tissue, 0, 255).astype(np.uint8)
-    write_pyramidal_tiff(path, [image, image[::4, ::4].copy()], mpp=SLIDE_MPP, tile=128)
-    return path
+    return two_tone_slide(path, seed, SLIDE_MPP)
 
 
 def _qupath_regions(path: Path) -> Path:

@@ -15,19 +15,17 @@ slide by choosing the slide in the list. Closing the widget gives every project'
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from napari_milkd._widget.qt_helpers import notify_error, notify_info
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
 from napari_milkd.core.errors import MilkdError
-from napari_milkd.core.runtime import leave_cores_for_the_gui
 from napari_milkd.core.session.slide_group import GroupOutput, group_train_job
 
 if TYPE_CHECKING:
@@ -36,11 +34,6 @@ if TYPE_CHECKING:
 
 TRAIN_ALL = "Train on all prepared slides"
 NEEDS_TWO = "prepare two or more slides and label them (both kinds of bag over all of them) first"
-
-
-def _drive(job: Generator[Any, None, GroupOutput]) -> Generator[Any, None, GroupOutput]:
-    """Worker body: drive a group job made on the main thread (it holds copies only)."""
-    return (yield from job)
 
 
 def slide_state(session: SlideSession | None) -> str:
@@ -143,9 +136,8 @@ class SlideGroupPart:
         def _refuse_when_busy(self) -> bool: ...
         def show_stage(self, stage: str) -> None: ...
         def collect_corrections(self) -> None: ...
-        def _on_event(self, event: Any) -> None: ...
         def _drop_preview(self, *_: object) -> None: ...
-        def _on_aborted(self) -> None: ...
+        def _run_job(self, job: Any, text: str, done: Any = None) -> None: ...
 
     def _init_slide_group(self) -> None:
         #: Sessions of slides prepared before and not chosen now: slide path → (layer name, session).
@@ -276,15 +268,7 @@ class SlideGroupPart:
         except MilkdError as exc:
             notify_error(exc)
             return
-        self.training.reset(f"{stage} on {len(sessions)} slides: starting…")
-        self.layers.start_preview()
-        leave_cores_for_the_gui()
-        worker = create_worker(_drive, job, _ignore_errors=True)
-        worker.yielded.connect(self._on_event)
-        worker.errored.connect(self._drop_preview)
-        worker.aborted.connect(self._on_aborted)
-        aborted = "cancelled — the last finished epoch is kept; train again to continue from it"
-        self.training.run(worker, self._group_done, aborted=aborted)
+        self._run_job(job, f"{stage} on {len(sessions)} slides: starting…", done=self._group_done)
 
     def _group_done(self, output: GroupOutput) -> None:
         """The group's model is trained and every slide predicted: each session saves its map and makes

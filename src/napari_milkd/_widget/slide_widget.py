@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 MPP_HINT = "enter it and press 'Set µm/px' first"
 
 
-def _run(job: Generator[JobEvent, None, StageOutput]) -> Generator[JobEvent, None, StageOutput]:
-    """Worker body: drive a job the session made on the main thread (it holds copies only)."""
+def _run(job: Generator[JobEvent, None, Any]) -> Generator[JobEvent, None, Any]:
+    """Worker body: drive a job a session (or a group) made on the main thread (it holds copies only)."""
     return (yield from job)
 
 
@@ -355,7 +355,11 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         """Bring back the round chosen in section 3 (its models and masks; corrections are kept)."""
         go_back(self)
 
-    def _run_job(self, job: Generator[JobEvent, None, StageOutput], text: str) -> None:
+    def _run_job(
+        self, job: Generator[Any, None, Any], text: str, done: Callable[[Any], None] | None = None
+    ) -> None:
+        """Drive a training job (one slide's, or a group's) in a worker with progress, preview and
+        Cancel; ``done`` (default: :meth:`_stage_done`) gets its result on the GUI thread."""
         self.training.reset(text)
         self.layers.start_preview()
         leave_cores_for_the_gui()
@@ -365,7 +369,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         worker.errored.connect(self._drop_preview)
         worker.aborted.connect(self._on_aborted)
         aborted = "cancelled — the last finished epoch is kept; train again to continue from it"
-        self.training.run(worker, self._stage_done, aborted=aborted)
+        self.training.run(worker, done or self._stage_done, aborted=aborted)
 
     def _on_event(self, event: JobEvent) -> None:
         if isinstance(event, MapPreview):

@@ -37,6 +37,7 @@ from napari_milkd.core.session.weak_labels import (
     bag_labels_from_regions,
 )
 from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from slide_images import two_tone_slide
 
 SLIDE_MPP, WORK_MPP, TILE = 0.5, 1.0, 32
 H, W, SPLIT = 512, 768, 384
@@ -44,14 +45,7 @@ H, W, SPLIT = 512, 768, 384
 
 def _two_tone(path: Path, seed: int) -> Path:
     """Purple ("tumour") left half, pink right half of tissue on white glass."""
-    rng = np.random.default_rng(seed)
-    image = np.full((H, W, 3), 245, np.uint8)
-    image[32 : H - 32, 32:SPLIT] = (120, 60, 160)
-    image[32 : H - 32, SPLIT : W - 32] = (230, 140, 190)
-    tissue = image[32 : H - 32, 32 : W - 32].astype(float) + rng.normal(0, 6, (H - 64, W - 64, 3))
-    image[32 : H - 32, 32 : W - 32] = np.clip(tissue, 0, 255).astype(np.uint8)
-    write_pyramidal_tiff(path, [image, image[::4, ::4].copy()], mpp=SLIDE_MPP, tile=128)
-    return path
+    return two_tone_slide(path, seed, SLIDE_MPP)
 
 
 def _pink(path: Path, seed: int) -> Path:
