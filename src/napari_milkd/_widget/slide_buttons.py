@@ -102,7 +102,7 @@ def button_reasons(state: SlideState) -> dict[str, str | None]:
             ready, None if stage in state.masks else no_mask_reason(stage, stage in state.models)
         ),
     }
-    for name in ("paint_tumour", "paint_free", "all_free", "import_button"):
+    for name in ("paint_tumour", "paint_free", "all_free", "import_button", "use_run_button"):
         reasons[name] = ready
     reasons["undo_import_button"] = first_reason(ready, None if state.can_undo_import else NO_IMPORT)
     return reasons

@@ -170,6 +170,11 @@ class SlideForm(SlideOpener, QWidget):
             "The student (with your corrections) becomes the teacher; distil again."
         )
         self.round_list = RoundList()  # rounds kept in the project, and Go back
+        self.use_run_button = QPushButton("Use a trained run…")
+        self.use_run_button.setToolTip(
+            "Predict this slide with the teacher and student of a run trained elsewhere "
+            "(milkd train --slides, or a slide group's checkpoints folder)."
+        )
 
         self.mask_style = MaskStyle()
         self.review_button = QPushButton("Next region to review")
@@ -221,6 +226,7 @@ class SlideForm(SlideOpener, QWidget):
         self.training.form.addRow(_row(self.train_teacher_button, self.train_student_button))
         self.training.form.addRow(_row(self.next_round_button, self.training.cancel_button))
         self.training.form.addRow("Round", self.round_list)
+        self.training.form.addRow(self.use_run_button)
         self.training.add_progress_rows()
 
         review_box = QGroupBox("4 · Review and export")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog  # noqa: F401  (tests replace its dialogs through this module)
+from qtpy.QtWidgets import QFileDialog
 
 from napari_milkd._widget.background import Background, Steps
 from napari_milkd._widget.mask_style import MaskStyle, mask_colors
@@ -133,6 +133,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self.all_free.clicked.connect(self.mark_all_free)
         self.import_button.clicked.connect(self._import_dialog)
         self.undo_import_button.clicked.connect(self.undo_import)
+        self.use_run_button.clicked.connect(self._use_run_dialog)
         self.train_teacher_button.clicked.connect(lambda: self.start_training("teacher"))
         self.train_student_button.clicked.connect(lambda: self.start_training("student"))
         self.next_round_button.clicked.connect(self.next_round)
@@ -350,6 +351,46 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             notify_error(exc)
             return
         self._run_job(job, "student: starting…")
+
+    def _use_run_dialog(self) -> None:
+        session = self._prepared()
+        start = "" if session is None else str(session.project.root.parent)
+        folder = QFileDialog.getExistingDirectory(self, "Use the models of a trained run", start)
+        if folder:
+            self.use_run(folder)
+
+    def use_run(self, folder: str | Path) -> None:
+        """Predict the slide with the models of the run ``folder`` (trained headless or on a slide group);
+        they become the session's (the previous ones are kept as a round)."""
+        session = self._prepared()
+        if session is None or session.work is None or self._refuse_when_busy():
+            return
+        self._flush_edits()
+        try:
+            job = session.use_run_job(folder, self.training.config(session.work.grid.tile))
+        except (MilkdError, OSError) as exc:
+            notify_error(exc)
+            return
+        self._run_job(job, f"predicting with {Path(folder).name}…", done=self._run_models_done)
+
+    def _run_models_done(self, outputs: list[StageOutput]) -> None:
+        """A run's models predicted the slide: their maps are saved in a worker, then shown one by one."""
+        self.layers.drop_preview()
+        session = self.session
+        if session is None:
+            return
+        try:
+            calls = [session.accept_job(output) for output in outputs]
+        except (MilkdError, OSError) as exc:
+            self.training.status.setText(f"failed: {notify_error(exc)}")
+            return
+
+        def taken(accepted: list[AcceptedMap]) -> Steps | None:
+            if self.session is not session:
+                return None
+            return (step for item in accepted for step in self._stage_taken(session, item))
+
+        self.jobs.run(lambda: [call() for call in calls], text="saving the maps…", done=taken, failed="")
 
     def go_back_to_round(self) -> None:
         """Bring back the round chosen in section 3 (its models and masks; corrections are kept)."""

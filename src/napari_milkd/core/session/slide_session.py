@@ -39,11 +39,11 @@ import numpy as np
 
 from napari_milkd.core.atomic import atomic_path
 from napari_milkd.core.engine.card import slide_provenance
-from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.engine.config import TrainConfig, TrainResult
 from napari_milkd.core.errors import InputError, MilkdError, SlideError, WriteError
 from napari_milkd.core.inference.masks import mask_from_probability, mask_polygons
 from napari_milkd.core.progress import drain
-from napari_milkd.core.session.jobs import JobEvent, StageOutput, slide_stage_job
+from napari_milkd.core.session.jobs import JobEvent, StageOutput, predict_stage_map, slide_stage_job
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
 from napari_milkd.core.session.project import DamagedProjectFile, Project, ProjectLock
 from napari_milkd.core.session.rounds import (
@@ -656,6 +656,72 @@ class SlideSession:
         self.stage_metrics["teacher"] = {**self.stage_metrics.get("student", {}), "from": "student"}
         self.round += 1
         self._save_settings()
+
+    def use_run_job(
+        self, run: str | Path, config: TrainConfig
+    ) -> Generator[JobEvent, None, list[StageOutput]]:
+        """Bring the models of a run trained elsewhere (``milkd train --slides``, a slide group's
+        ``checkpoints/``) into this slide: each of its ``teacher.pt`` / ``student.pt`` becomes the
+        session's and predicts this slide (``config`` gives device and batch size).
+
+        Checks now, and changes nothing when it refuses: a folder without models, or a model that does not
+        record its µm/px or was trained at another µm/px or tile size than this slide was prepared at (it
+        would be fed the wrong pixels; prepare the slide at the model's). Then the current models are kept
+        as a round and the run's are copied into the project; the returned job (worker-safe: it reads the
+        copies) yields the maps filling in and returns one :class:`StageOutput` per model, for
+        :meth:`accept_job` / :meth:`take`. Corrections stay and apply to the new masks."""
+        from napari_milkd.core.engine.checkpoint import load_checkpoint
+        from napari_milkd.core.engine.spec import checkpoint_spec
+
+        work = self._require_work()
+        self._require_lock()
+        folder = Path(run)
+        found = {stage: folder / f"{stage}.pt" for stage in STAGES if (folder / f"{stage}.pt").is_file()}
+        if not found:
+            raise InputError(f"no teacher.pt or student.pt in {folder}")
+        states = {stage: load_checkpoint(path) for stage, path in found.items()}
+        for stage, state in states.items():
+            spec = checkpoint_spec(state)
+            if spec is None or spec.mpp is None:
+                raise InputError(f"{found[stage].name} does not record the µm/px it was trained at")
+            if abs(spec.mpp - work.grid.mpp) > 1e-3 * work.grid.mpp or spec.tile != work.grid.tile:
+                raise InputError(
+                    f"{found[stage].name} was trained at {spec.mpp:g} µm/px with {spec.tile} px tiles; "
+                    f"prepare the slide at that resolution and tile size (now {work.grid.mpp:g} µm/px, "
+                    f"{work.grid.tile} px)"
+                )
+        self._keep_before_replacing(tuple(found), f"before using the run {folder.name}")
+        for stage, path in found.items():
+            with atomic_path(self.checkpoint(stage)) as tmp:
+                shutil.copyfile(path, tmp)
+        bags = self.bags
+        results = {
+            stage: TrainResult(
+                stage=stage,
+                epochs=int(state.get("epoch") or 0),
+                best_epoch=int(state.get("best_epoch") or 0),
+                best_score=state.get("best_score"),
+                checkpoint=str(self.checkpoint(stage)),
+            )
+            for stage, state in states.items()
+        }
+        return self._predict_models(results, config, bags)
+
+    def _predict_models(
+        self, results: dict[str, TrainResult], config: TrainConfig, bags: tuple[int, int]
+    ) -> Generator[JobEvent, None, list[StageOutput]]:
+        work = self._require_work()
+        source = open_slide(self.slide_path, mpp=self.slide_mpp)
+        outputs = []
+        try:
+            for stage, result in results.items():
+                probability = yield from predict_stage_map(
+                    stage, self.checkpoint(stage), source, work, config
+                )
+                outputs.append(StageOutput(stage, probability, result, *bags))
+        finally:
+            source.close()
+        return outputs
 
     def next_round_job(self, config: TrainConfig) -> Generator[JobEvent, None, StageOutput]:
         """Next round: the student becomes the teacher and a new student is distilled from it (the
