@@ -29,6 +29,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_milkd.commands.annotations",
 )
 
+#: Subcommands that load torch: under an address-space limit too small for it they stop with one line
+#: before it is loaded (:func:`napari_milkd.core.runtime.check_room_for_torch`).
+TORCH_COMMANDS: frozenset[str] = frozenset({"train", "evaluate", "predict", "demo"})
+
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors follow the one-line ``milkd: error:`` contract (exit 2)."""
@@ -70,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TORCH_COMMANDS:
+            from napari_milkd.core.runtime import check_room_for_torch
+
+            check_room_for_torch()
         return int(args.func(args) or 0)
     except MilkdError as exc:
         return fail(str(exc))
@@ -80,6 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("milkd: interrupted\n")
         return 130
+    except (MemoryError, RuntimeError, ImportError) as exc:
+        from napari_milkd.core.runtime import allocation_failure
+
+        needed = allocation_failure(exc)
+        if needed is None:
+            raise
+        what = f" (needed {needed})" if needed else ""
+        return fail(
+            f"out of memory{what}; allow milkd more memory (ulimit -v, the container's limit), or lower "
+            "--batch-size"
+        )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
+
+from napari_milkd.core.errors import InputError
 
 
 def register(subparsers: Any) -> None:
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             source.close()
     if args.to:
         annotation_format(args.to, sniff=False)  # refuse an unknown target before reading anything
+        _refuse_writing_over_the_input(args.file, args.to)
     result = read_annotations(args.file, slide_shape_l0=shape, offset_l0=offset, class_map=class_map)
     report = annotation_report(result, class_map)
     written = None
@@ -70,3 +74,16 @@ def run(args: argparse.Namespace) -> int:
     for line in ([report.message] if report.message else []) + list(report.warnings):
         sys.stderr.write(f"milkd: {line}\n")
     return 0
+
+
+def _refuse_writing_over_the_input(source: str, target: str) -> None:
+    """Refuse ``--to`` naming the file being read (or a link to it): the conversion keeps classes and
+    geometry only, so the user's original (QuPath's measurements, ids, colours) would be replaced."""
+    try:
+        same = os.path.samefile(source, target)
+    except OSError:  # the target does not exist yet (or the source does not: reading says so)
+        return
+    if same:
+        raise InputError(
+            f"--to {target} is the file being read; it is kept: write the conversion to another name"
+        )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -72,8 +73,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     for flag in ("mpp", "slide_mpp"):
         value = getattr(args, flag)
-        if value is not None and not value > 0:
-            raise InputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise InputError(f"--{flag.replace('_', '-')} must be a positive, finite number, got {value}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.workers is not None and args.workers < 1:

@@ -27,9 +27,11 @@ the image folder, label CSV and columns, the classes, the preset; ``milkd info R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,6 +233,55 @@ def _has_run(out: Path, checkpoints: tuple[Path, ...]) -> bool:
     return any(c.exists() for c in checkpoints) or (out / "config.json").is_file()
 
 
+def _is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a ``config.json`` that ``milkd train`` wrote (a JSON object with a config)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("config"), dict)
+
+
+def _is_history(path: Path) -> bool:
+    """Whether ``path`` is a ``history.jsonl`` that ``milkd train`` wrote (one epoch record a line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return all(isinstance(r, dict) and "stage" in r and "epoch" in r for r in records)
+
+
+def _check_foreign_files(out: Path) -> None:
+    """Refuse (one line, before any write) an ``--out`` whose ``config.json`` or ``history.jsonl`` milkd
+    did not write: a run would replace them."""
+    for name, ours in (("config.json", _is_run_record), ("history.jsonl", _is_history)):
+        path = out / name
+        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not ours(path)):
+            raise InputError(
+                f"{path} was not written by milkd train; it is kept: move it away or choose another --out"
+            )
+
+
+#: The lock file a ``milkd train`` run holds in its ``--out`` while it checks, writes and trains.
+TRAIN_LOCK = ".milkd-train.lock"
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (:data:`TRAIN_LOCK`) for the block: a second ``milkd train`` into the same
+    folder gets one line naming the first, instead of both writing checkpoints and ``config.json`` there
+    (two runs with different seeds left a folder whose config described neither model)."""
+    from napari_milkd.core.inference.cohort import lock_output
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
+    with lock_output(out, TRAIN_LOCK, "milkd train"):
+        yield
+
+
 def _write_run_config(out: Path, meta: dict[str, Any], resuming: bool) -> None:
     """Create ``out`` and write the run's ``config.json`` (a resumed run keeps the one it has)."""
     try:
@@ -324,6 +375,7 @@ def _run_folder(args: argparse.Namespace) -> int:
     teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
     if not args.resume and (teacher_ckpt.exists() or student_ckpt.exists()):
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    _check_foreign_files(out)
     if config.weights not in ("default", "imagenet", "random") and not Path(config.weights).is_file():
         raise InputError(f"weights file not found: {config.weights}")
     bags = load_image_folder(
@@ -375,25 +427,27 @@ def _run_folder(args: argparse.Namespace) -> int:
             "notes": bags.notes,
         },
     }
-    resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
-    if resuming:  # everything is checked before anything is written
-        _check_resume(out, meta, (teacher_ckpt, student_ckpt))
-    if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
-        for ckpt in (teacher_ckpt, student_ckpt):
-            saved = checkpoint_spec(load_checkpoint(ckpt)) if ckpt.exists() else None
-            if saved is not None and saved.mpp is not None:
-                spec = ModelSpec.for_config(config, mpp=saved.mpp)
-                meta["spec"] = spec.to_dict()
-                break
-    _write_run_config(out, meta, resuming)
-    for note in bags.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(
-        f"bags: {len(train)} train ({train.n_pos} positive), {len(val)} validation ({val.n_pos} positive)",
-        file=sys.stderr,
-    )
+    with _locked(out):  # a second milkd train into this folder is refused, not mixed in
+        resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
+        if resuming:  # everything is checked before anything is written
+            _check_resume(out, meta, (teacher_ckpt, student_ckpt))
+        if args.resume and spec.mpp is None:  # the run keeps the µm/px it started with
+            for ckpt in (teacher_ckpt, student_ckpt):
+                saved = checkpoint_spec(load_checkpoint(ckpt)) if ckpt.exists() else None
+                if saved is not None and saved.mpp is not None:
+                    spec = ModelSpec.for_config(config, mpp=saved.mpp)
+                    meta["spec"] = spec.to_dict()
+                    break
+        _write_run_config(out, meta, resuming)
+        for note in bags.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(
+            f"bags: {len(train)} train ({train.n_pos} positive), "
+            f"{len(val)} validation ({val.n_pos} positive)",
+            file=sys.stderr,
+        )
 
-    return _train(out, config, train, val, spec, card, args.resume)
+        return _train(out, config, train, val, spec, card, args.resume)
 
 
 #: ``config.json`` data fields of a ``--slides`` run compared on ``--resume``, and what to call them.
@@ -444,6 +498,7 @@ def _run_slides(args: argparse.Namespace) -> int:
     teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
     if not args.resume and (teacher_ckpt.exists() or student_ckpt.exists()):
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    _check_foreign_files(out)
     if config.weights not in ("default", "imagenet", "random") and not Path(config.weights).is_file():
         raise InputError(f"weights file not found: {config.weights}")
     slides = read_training_manifest(args.slides)
@@ -485,35 +540,36 @@ def _run_slides(args: argparse.Namespace) -> int:
         ],
     }
     meta = {"preset": args.preset, "config": config.to_dict(), "spec": spec.to_dict(), "data": data}
-    resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
-    if resuming:  # everything is checked before anything is written
-        _check_resume(out, meta, (teacher_ckpt, student_ckpt), _SLIDE_DATA_FIELDS, "--work-mpp")
-    _write_run_config(out, meta, resuming)
-    for s in per_slide:
-        for warning in s.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+    with _locked(out):  # a second milkd train into this folder is refused, not mixed in
+        resuming = args.resume and _has_run(out, (teacher_ckpt, student_ckpt))
+        if resuming:  # everything is checked before anything is written
+            _check_resume(out, meta, (teacher_ckpt, student_ckpt), _SLIDE_DATA_FIELDS, "--work-mpp")
+        _write_run_config(out, meta, resuming)
+        for s in per_slide:
+            for warning in s.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(
+                f"slide {s.slide.name}: {s.n_positive} positive, {s.n_negative} negative tiles; "
+                f"{s.n_used} bags used",
+                file=sys.stderr,
+            )
+        for note in split.notes:
+            print(f"note: {note}", file=sys.stderr)
+        n_val = 0 if split.val is None else len(split.val)
+        n_val_pos = 0 if split.val is None else split.val.n_pos
         print(
-            f"slide {s.slide.name}: {s.n_positive} positive, {s.n_negative} negative tiles; "
-            f"{s.n_used} bags used",
+            f"bags: {len(split.train)} train ({split.train.n_pos} positive) "
+            f"from {len(split.train_slides)} slides, "
+            f"{n_val} validation ({n_val_pos} positive) from {len(split.val_slides)} slides ({split.how})",
             file=sys.stderr,
         )
-    for note in split.notes:
-        print(f"note: {note}", file=sys.stderr)
-    n_val = 0 if split.val is None else len(split.val)
-    n_val_pos = 0 if split.val is None else split.val.n_pos
-    print(
-        f"bags: {len(split.train)} train ({split.train.n_pos} positive) "
-        f"from {len(split.train_slides)} slides, "
-        f"{n_val} validation ({n_val_pos} positive) from {len(split.val_slides)} slides ({split.how})",
-        file=sys.stderr,
-    )
-    card = slide_provenance(
-        [str(s.slide.resolve()) for s in slides],
-        sample_only=all(is_sample_slide(s.slide) for s in slides),
-        negative=["tumour-free regions", "slides labelled negative"],
-        preset=args.preset,
-    )
-    return _train(out, config, split.train, split.val, spec, card, args.resume)
+        card = slide_provenance(
+            [str(s.slide.resolve()) for s in slides],
+            sample_only=all(is_sample_slide(s.slide) for s in slides),
+            negative=["tumour-free regions", "slides labelled negative"],
+            preset=args.preset,
+        )
+        return _train(out, config, split.train, split.val, spec, card, args.resume)
 
 
 def _train(
@@ -532,6 +588,7 @@ def _train(
     from napari_milkd.core.engine.config import EpochEnd, RoleReversal
     from napari_milkd.core.engine.train import distill_student, train_teacher
     from napari_milkd.core.progress import drain
+    from napari_milkd.core.runtime import allocation_failure
 
     teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
     history: list[dict[str, Any]] = []
@@ -561,7 +618,18 @@ def _train(
 
     def drive(gen: Any) -> Any:
         with progress:
-            return drain(gen, record)
+            try:
+                return drain(gen, record)
+            except (MemoryError, RuntimeError, ImportError) as exc:
+                needed = allocation_failure(exc)
+                if needed is None:
+                    raise
+                what = f" (needed {needed})" if needed else ""
+                raise InputError(
+                    f"out of memory{what}; lower --batch-size (now {config.batch_size}) or --size (now "
+                    f"{config.size}), or allow milkd more memory; the last finished epoch is kept "
+                    "(--resume continues from it)"
+                ) from None
 
     progress = ProgressPrinter()
     if config.supervision == "full":

@@ -130,6 +130,8 @@ def load_class_map(path: str | os.PathLike[str]) -> dict[str, str]:
             payload = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise InputError(f"{path}: not JSON (nested too deeply)") from None
         if not isinstance(payload, dict):
             raise InputError(f'{path}: a JSON class map is one object {{"class": "label", ...}}')
         for name, label in payload.items():

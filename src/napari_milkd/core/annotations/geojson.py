@@ -180,9 +180,18 @@ def _parse_polygon(value: Any) -> Polygon:
 
 _POLYGONAL = ("Polygon", "MultiPolygon", "GeometryCollection")
 
+#: How deep geometry collections may nest (QuPath writes them one level deep); deeper ones are skipped as
+#: malformed instead of exhausting Python's recursion limit.
+MAX_COLLECTION_DEPTH = 16
 
-def _geojson_geometry(geometry: Any) -> tuple[BaseGeometry | None, str | None]:
-    """``(geometry, None)``, or ``(None, why)`` for geometry that is not polygonal or malformed."""
+
+class _TooDeep(ValueError):
+    """Geometry collections nested deeper than :data:`MAX_COLLECTION_DEPTH`."""
+
+
+def _geojson_geometry(geometry: Any, depth: int = 0) -> tuple[BaseGeometry | None, str | None]:
+    """``(geometry, None)``, or ``(None, why)`` for geometry that is not polygonal or malformed
+    (``depth``: how many geometry collections hold this one)."""
     if not isinstance(geometry, dict):
         return None, "no geometry, skipped"
     kind = geometry.get("type")
@@ -198,10 +207,16 @@ def _geojson_geometry(geometry: Any) -> tuple[BaseGeometry | None, str | None]:
             members = geometry.get("geometries")
             if not isinstance(members, list):
                 raise ValueError("geometry collection without 'geometries'")
-            polys = [g for g, _ in map(_geojson_geometry, members) if g is not None]
+            if depth >= MAX_COLLECTION_DEPTH:
+                raise _TooDeep(f"geometry collections nested more than {MAX_COLLECTION_DEPTH} deep")
+            polys = [g for g, _ in (_geojson_geometry(m, depth + 1) for m in members) if g is not None]
             if not polys:
                 raise ValueError("no polygons in it")
             return shapely.union_all([shapely.make_valid(p) for p in polys]), None
+    except _TooDeep as exc:
+        if depth:
+            raise  # up to the outermost collection, which the message names
+        return None, f"malformed {kind} ({exc}), skipped"
     except (ValueError, TypeError, shapely.errors.GEOSException) as exc:
         return None, f"malformed {kind} ({exc}), skipped"
     return None, f"{kind if isinstance(kind, str) else 'unknown'} geometry ignored (only polygons are read)"

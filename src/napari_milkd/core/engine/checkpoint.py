@@ -155,6 +155,28 @@ def _check_weights(state: dict[str, Any], where: object) -> None:
                 )
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: object) -> None:
+    """Load ``weights`` into ``module`` (strict), refusing a tensor whose kind differs from the module's.
+
+    ``load_state_dict`` copies with a cast, so integer tensors in place of float weights (a tampered or
+    broken file) would load and predict silently wrong maps: a :class:`CheckpointError` instead. A shape
+    or name mismatch raises ``RuntimeError`` as ``load_state_dict`` does.
+    """
+    own = module.state_dict()
+    for name, tensor in weights.items():
+        mine = own.get(name)
+        if (
+            mine is not None
+            and isinstance(tensor, torch.Tensor)
+            and (tensor.is_floating_point() != mine.is_floating_point() or tensor.is_complex())
+        ):
+            raise CheckpointError(
+                f"{where} is damaged or was tampered with: weight {name} is {tensor.dtype}, "
+                f"expected {mine.dtype}"
+            )
+    module.load_state_dict(weights)
+
+
 def _check_fields(state: dict[str, Any], where: object) -> None:
     """The plain fields a reader relies on have the right types (when present)."""
     kinds: dict[str, type | tuple[type, ...]] = {

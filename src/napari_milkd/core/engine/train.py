@@ -39,6 +39,7 @@ from napari_milkd.core.engine.checkpoint import (
     checkpoint_config,
     clone_state,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from napari_milkd.core.engine.config import (
@@ -438,7 +439,7 @@ def _run_epochs(
     start = 1
     if state is not None:
         try:
-            model.load_state_dict(state["last_model"])
+            load_weights(model, state["last_model"], checkpoint)
             opt.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
@@ -701,7 +702,7 @@ def distill_student(
     rt = _Runtime(config)
     teacher_net = new_model(config, 0)
     try:
-        teacher_net.load_state_dict(teacher_state)
+        load_weights(teacher_net, teacher_state, teacher)
     except RuntimeError as exc:
         raise CheckpointError(f"the teacher {teacher} does not match a {config.backbone} model") from exc
     rt.prepare(teacher_net).eval()
@@ -770,7 +771,7 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet,
     config = checkpoint_config(state, checkpoint)
     model = build_model(config.backbone, "random", config.fusion_weights)
     try:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], checkpoint)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint} does not match a {config.backbone} model") from exc
     spec = checkpoint_spec(state)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import time
@@ -47,6 +46,7 @@ from napari_milkd.core.inference.stream import (
     prediction_facts,
     stale_asides,
 )
+from napari_milkd.core.runtime import allocation_failure
 
 #: The lock file a ``milkd predict`` run holds in its output folder (JSON: pid, host, start time).
 LOCK_FILE = ".milkd-predict.lock"
@@ -274,10 +274,13 @@ def _lock_is_stale(path: Path, holder: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def lock_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+def lock_output(
+    out_dir: str | os.PathLike[str], lock_file: str = LOCK_FILE, command: str = "milkd predict"
+) -> Iterator[Path]:
     """Hold ``out_dir``'s lock file (created with the folder if needed) for the duration of the block.
 
-    The lock (:data:`LOCK_FILE`) records this process's pid, host and start time. Another live holder
+    The lock (``lock_file``, :data:`LOCK_FILE` for ``milkd predict``; ``command`` names the holder in
+    messages) records this process's pid, host and start time. Another live holder
     gives an :class:`InputError` naming it; the lock of a dead process on this host is taken over. A folder
     that cannot be created or written (read-only file system or folder, disk full) gives a one-line
     :class:`WriteError` before any work.
@@ -287,12 +290,12 @@ def lock_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _write_problem(out, exc) from None
-    path = out / LOCK_FILE
+    path = out / lock_file
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "milkd predict",
+        "command": command,
     }
     for _ in range(3):
         try:
@@ -304,7 +307,7 @@ def lock_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
                     path.unlink()
                 continue
             raise InputError(
-                f"{out} is in use by another milkd predict (pid {holder.get('pid', '?')} on "
+                f"{out} is in use by another {command} (pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it, or delete "
                 f"{path} if that run is gone"
             ) from None
@@ -319,7 +322,7 @@ def lock_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         os.close(fd)
         break
     else:
-        raise InputError(f"could not take the lock {path}; delete it if no milkd predict is running")
+        raise InputError(f"could not take the lock {path}; delete it if no {command} is running")
     try:
         yield path
     finally:
@@ -457,39 +460,11 @@ def _no_mpp(slide: str | os.PathLike[str]) -> str:
     return f"{Path(slide).name} does not record its µm/px; pass --slide-mpp UM (its level-0 µm/px)"
 
 
-_BYTES = re.compile(r"allocate (\d+) bytes")
-_SIZE = re.compile(r"allocate ([\d.]+ [KMGTP]?i?B)")
-
-
-def _human(n_bytes: int) -> str:
-    value, unit = float(n_bytes), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            break
-        value /= 1024
-    return f"{value:.1f} {unit}"
-
-
 def memory_error(job: PredictJob, exc: BaseException) -> MemoryLimitError | None:
     """A one-line :class:`MemoryLimitError` for ``exc`` when it is an allocation failure, else None."""
-    text = str(exc)
-    if isinstance(exc, MemoryError):
-        pass
-    elif isinstance(exc, ImportError):  # a library loaded on first use cannot be mapped
-        if "failed to map segment" not in text and "cannot allocate memory" not in text.lower():
-            return None
-    elif not isinstance(exc, RuntimeError) or not any(
-        key in text
-        for key in ("DefaultCPUAllocator", "can't allocate memory", "can't start new thread", "out of memory")
-    ):
+    needed = allocation_failure(exc)
+    if needed is None:
         return None
-    needed = ""
-    if match := _BYTES.search(text):
-        needed = f"{_human(int(match.group(1)))} more"
-    elif match := _SIZE.search(text):
-        needed = f"{match.group(1)} more"
-    elif "can't start new thread" in text:
-        needed = "memory for another thread"
     what = f" (needed {needed})" if needed else ""
     return MemoryLimitError(
         f"out of memory{what}; lower --batch-size (now {job.batch_size}) or --read-threads "
@@ -540,10 +515,12 @@ def _slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary
     from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.engine.train import load_model
     from napari_milkd.core.inference.stream import predict_slide
+    from napari_milkd.core.runtime import reserve_blas
     from napari_milkd.core.slides.geometry import plan_work, tissue_map
     from napari_milkd.core.slides.slide import open_slide
 
     t0 = time.perf_counter()
+    reserve_blas()  # under ulimit -v, OpenBLAS would exit the process later: no error line could be given
     if job.torch_threads:
         torch.set_num_threads(int(job.torch_threads))
     spec = checkpoint_spec(load_checkpoint(job.checkpoint))

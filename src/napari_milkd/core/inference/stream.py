@@ -624,6 +624,12 @@ def _write_prediction_pyramid(
     return levels
 
 
+#: What the top of a prediction folder holds: milkd writes nothing else there (``tumour.geojson`` is the
+#: GeoJSON's copy, :data:`napari_milkd.core.inference.cohort.GEOJSON_COPY`; hidden ``.*.part`` files are
+#: atomic writes a kill interrupted). A folder with anything else in it is not replaced.
+PREDICTION_ENTRIES = frozenset({"zarr.json", "0", "labels", PROGRESS_FILE, "tumour.geojson"})
+
+
 def prediction_facts(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``milkd`` attributes of a prediction zarr (its marker), or ``None`` when ``path`` is not one.
 
@@ -661,6 +667,17 @@ def check_prediction_target(path: str | os.PathLike[str]) -> None:
         raise InputError(
             f"{target} exists and is not a napari-milkd prediction (milkd replaces only its own output); "
             "move it away or choose another --out"
+        )
+    foreign = sorted(
+        entry.name
+        for entry in target.iterdir()
+        if entry.name not in PREDICTION_ENTRIES
+        and not (entry.name.startswith(".") and entry.name.endswith(".part"))
+    )
+    if foreign:
+        raise InputError(
+            f"{target} holds files milkd did not write ({', '.join(foreign[:3])}"
+            f"{', …' if len(foreign) > 3 else ''}); they are kept: move them away or choose another --out"
         )
 
 
