@@ -627,7 +627,13 @@ def _write_prediction_pyramid(
 #: What the top of a prediction folder holds: milkd writes nothing else there (``tumour.geojson`` is the
 #: GeoJSON's copy, :data:`napari_milkd.core.inference.cohort.GEOJSON_COPY`; hidden ``.*.part`` files are
 #: atomic writes a kill interrupted). A folder with anything else in it is not replaced.
-PREDICTION_ENTRIES = frozenset({"zarr.json", "0", "labels", PROGRESS_FILE, "tumour.geojson"})
+#: What a prediction folder holds besides its pyramid levels (``0``, ``1``, …: see :func:`_is_level`).
+PREDICTION_ENTRIES = frozenset({"zarr.json", "labels", PROGRESS_FILE, "tumour.geojson"})
+
+
+def _is_level(name: str) -> bool:
+    """A pyramid level's array folder: ``0``, ``1``, … (the multiscale levels milkd writes)."""
+    return name.isdigit() and str(int(name)) == name
 
 
 def prediction_facts(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -672,6 +678,7 @@ def check_prediction_target(path: str | os.PathLike[str]) -> None:
         entry.name
         for entry in target.iterdir()
         if entry.name not in PREDICTION_ENTRIES
+        and not (_is_level(entry.name) and entry.is_dir())
         and not (entry.name.startswith(".") and entry.name.endswith(".part"))
     )
     if foreign:
