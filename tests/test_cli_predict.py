@@ -99,7 +99,7 @@ def test_predict_errors(
     assert main(["predict", "--run", str(run_dir), str(tmp_path / "missing.svs"), "--out", out]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["predict", "--run", str(run_dir), str(slides[0]), "--out", out, "--mpp", "-1"]) == 2
-    assert "--mpp must be positive" in capsys.readouterr().err
+    assert "--mpp must be a positive, finite number" in capsys.readouterr().err
     with pytest.raises(InputError, match="both write"):
         make_jobs([slides[0], slides[0]], run_dir, out)
 
