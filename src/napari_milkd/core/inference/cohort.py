@@ -625,15 +625,21 @@ def _finish(
     """The mask users get is the one the widget shows (inference.masks: one mask and export policy for
     every front end): smoothed probability, inside the tissue mask, specks removed; written over the
     streamed raw threshold, then its GeoJSON into the zarr folder. Returns the facts that describe them."""
-    from napari_milkd.core.inference.masks import mask_from_probability
+    import numpy as np
+
+    from napari_milkd.core.inference.masks import mask_from_probability_bands
     from napari_milkd.core.inference.stream import decode_probability
 
-    prob = decode_probability(probability[...])
-    clean = mask_from_probability(prob, tissue, threshold=threshold)
-    del prob
-    mask[...] = clean
+    def write(r0: int, r1: int, band: np.ndarray) -> None:
+        mask[r0:r1] = band
+
+    # Band by band (the map may not fit in memory twice); the GeoJSON reads the uint8 mask back.
+    tumour_px = mask_from_probability_bands(
+        lambda r0, r1: decode_probability(probability[r0:r1]), tissue, write, threshold=threshold
+    )
+    clean = np.asarray(mask[...])
     return {
-        "tumour_px": int(clean.sum()),
+        "tumour_px": tumour_px,
         "mask": (
             f"labels/tumour/0: 1 where the probability smoothed by a Gaussian (sigma 2 map px) is > "
             f"{threshold:g}, inside the slide's tissue mask, specks under 16 px removed"

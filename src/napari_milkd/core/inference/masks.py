@@ -8,6 +8,7 @@ shapely and ``core.annotations``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,39 @@ def mask_from_probability(
     if min_object_px > 0 and mask.any():
         mask = remove_small_objects(mask, max_size=min_object_px)
     return mask.astype(np.uint8)
+
+
+#: Rows per band of :func:`mask_from_probability_bands`.
+MASK_BAND_ROWS = 1024
+
+
+def mask_from_probability_bands(
+    read: Callable[[int, int], np.ndarray],
+    tissue: np.ndarray,
+    write: Callable[[int, int, np.ndarray], None],
+    *,
+    sigma: float = 2.0,
+    min_object_px: int = 16,
+    threshold: float = 0.5,
+    band_rows: int = MASK_BAND_ROWS,
+) -> int:
+    """:func:`mask_from_probability` of a map too large to hold twice in memory, band by band: ``read(r0,
+    r1)`` gives probability rows ``[r0, r1)``, ``write(r0, r1, mask)`` takes mask rows. Returns the
+    number of mask pixels. Equal to the whole-map result: each band is computed with a halo of rows that
+    covers the Gaussian's kernel (radius ``int(4 σ + 0.5)``) and ``min_object_px`` (a speck that reaches
+    past the halo has more pixels than that, so it is kept either way). Memory: a few bands."""
+    rows = tissue.shape[0]
+    halo = int(4 * sigma + 0.5) + min_object_px + 1
+    total = 0
+    for r0 in range(0, rows, band_rows):
+        r1 = min(r0 + band_rows, rows)
+        h0, h1 = max(0, r0 - halo), min(rows, r1 + halo)
+        band = mask_from_probability(
+            read(h0, h1), tissue[h0:h1], sigma=sigma, min_object_px=min_object_px, threshold=threshold
+        )[r0 - h0 : r1 - h0]
+        write(r0, r1, band)
+        total += int(band.sum())
+    return total
 
 
 #: Douglas-Peucker tolerance of exported outlines, in working-map pixels.
