@@ -68,3 +68,26 @@ def test_import_into_weak_labels_or_corrections_and_undo(tmp_path: Path) -> None
         with pytest.raises(InputError, match="cannot import into"):
             session.apply_import(session.read_import(path), into="shapes")
     assert REGION_FREE in np.unique(before)
+
+
+def test_corrections_from_an_import_rebuild_only_their_box_and_equal_a_full_rebuild(tmp_path: Path) -> None:
+    """The mask rebuilt around the import's box equals the whole-map rebuild (smoothing and specks across
+    the box's border included)."""
+    from napari_milkd.core.inference.masks import mask_from_probability
+    from napari_milkd.core.session.labels import apply_corrections
+
+    slide = tissue_square_slide(tmp_path / "s.tiff")
+    path = _geojson(tmp_path / "regions.geojson")
+    with SlideSession(slide, project=Project(tmp_path / "p")) as session:
+        session.prepare(1.0, 32)
+        work = session.work
+        assert work is not None and session.tissue is not None
+        rng = np.random.default_rng(0)
+        probability = rng.random(work.shape).astype(np.float32)
+        result = TrainResult(stage="teacher", epochs=1, best_epoch=1, best_score=None, checkpoint=None)
+        session.accept(StageOutput("teacher", probability, result, 1, 1))
+        session.apply_import(session.read_import(path), into="corrections")
+        full = apply_corrections(mask_from_probability(probability, session.tissue), session.hard)
+        assert np.array_equal(session.mask("teacher"), full)
+        session.undo_import()
+        assert np.array_equal(session.mask("teacher"), mask_from_probability(probability, session.tissue))

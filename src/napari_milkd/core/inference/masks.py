@@ -39,6 +39,13 @@ def mask_from_probability(
 MASK_BAND_ROWS = 1024
 
 
+def mask_halo(sigma: float = 2.0, min_object_px: int = 16) -> int:
+    """Map pixels around a region that decide :func:`mask_from_probability` inside it: the Gaussian's
+    kernel radius (``int(4 σ + 0.5)``) plus ``min_object_px`` (a speck reaching past that has more pixels
+    than ``min_object_px``, so it is kept either way). A crop with this margin gives the whole map's mask."""
+    return int(4 * sigma + 0.5) + min_object_px + 1
+
+
 def mask_from_probability_bands(
     read: Callable[[int, int], np.ndarray],
     tissue: np.ndarray,
@@ -55,7 +62,7 @@ def mask_from_probability_bands(
     covers the Gaussian's kernel (radius ``int(4 σ + 0.5)``) and ``min_object_px`` (a speck that reaches
     past the halo has more pixels than that, so it is kept either way). Memory: a few bands."""
     rows = tissue.shape[0]
-    halo = int(4 * sigma + 0.5) + min_object_px + 1
+    halo = mask_halo(sigma, min_object_px)
     total = 0
     for r0 in range(0, rows, band_rows):
         r1 = min(r0 + band_rows, rows)

@@ -41,7 +41,7 @@ from napari_milkd.core.atomic import atomic_path
 from napari_milkd.core.engine.card import slide_provenance
 from napari_milkd.core.engine.config import TrainConfig, TrainResult
 from napari_milkd.core.errors import InputError, MilkdError, SlideError, WriteError
-from napari_milkd.core.inference.masks import mask_from_probability, mask_polygons
+from napari_milkd.core.inference.masks import mask_from_probability, mask_halo, mask_polygons
 from napari_milkd.core.progress import drain
 from napari_milkd.core.session.jobs import JobEvent, StageOutput, predict_stage_map, slide_stage_job
 from napari_milkd.core.session.labels import NO_OPINION, apply_corrections, record_corrections
@@ -462,7 +462,7 @@ class SlideSession:
             region[labels == REGION_TUMOUR] = 1
             region[labels == REGION_FREE] = 0
             region[excluded] = NO_OPINION
-            self._reapply_corrections()
+            self._reapply_corrections(box)
         return imported.summary
 
     @property
@@ -484,14 +484,25 @@ class SlideSession:
         else:
             assert self.hard is not None
             self.hard[r0:r1, c0:c1] = before
-            self._reapply_corrections()
+            self._reapply_corrections((r0, c0, r1, c1))
         return into
 
-    def _reapply_corrections(self) -> None:
-        """Rebuild every stage's mask from its map with the current corrections (after they changed
-        other than by painting in a mask)."""
+    def _reapply_corrections(self, box: tuple[int, int, int, int]) -> None:
+        """The corrections changed inside ``box`` other than by painting in a mask: rebuild every stage's
+        mask there (from its map cropped with :func:`mask_halo` around the box, which gives the whole
+        map's mask exactly), so an import or its undo costs the box, not the slide."""
+        assert self.tissue is not None and self.hard is not None
+        r0, c0, r1, c1 = box
+        rows, cols = self.tissue.shape
+        halo = mask_halo()
+        h0, w0, h1, w1 = max(0, r0 - halo), max(0, c0 - halo), min(rows, r1 + halo), min(cols, c1 + halo)
         for stage, probability in self.probabilities.items():
-            self._set_probability(stage, probability)
+            base = mask_from_probability(probability[h0:h1, w0:w1], self.tissue[h0:h1, w0:w1])
+            mask = self.masks[stage].copy()
+            mask[r0:r1, c0:c1] = apply_corrections(
+                base[r0 - h0 : r1 - h0, c0 - w0 : c1 - w0], self.hard[r0:r1, c0:c1]
+            )
+            self.masks[stage] = mask
 
     def bag_counts(self) -> tuple[int, int]:
         """``(positive, negative)`` bags (tiles) the current weak labels give, recounted over the whole
