@@ -54,10 +54,20 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
     from napari_milkd.core.session.jobs import StageOutput
     from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     slide = viewer.layers[0]
     viewer.layers.selection.active = slide
     out: dict[str, Any] = {}
+    docked: list[Any] = []
+
+    def open_widget(done: Callable[[], None]) -> None:
+        # The dock opens and warms up (heavy imports in a worker, then gc.freeze): until it is warm.
+        from qtpy.QtCore import QTimer
+
+        def go() -> None:
+            docked.append(viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")[1])
+            until(lambda: docked[0].warmed_up)(done)
+
+        QTimer.singleShot(40, go)
 
     def until(condition: Callable[[], bool]) -> Callable[[Callable[[], None]], None]:
         def start(done: Callable[[], None]) -> None:
@@ -69,7 +79,7 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
 
             from qtpy.QtCore import QTimer
 
-            timer = QTimer(widget, singleShot=True, interval=5)
+            timer = QTimer(viewer.window._qt_window, singleShot=True, interval=5)
             timer.timeout.connect(poll)
             timer.start()
 
@@ -91,6 +101,8 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
 
         return start
 
+    out["open_widget"] = measure(open_widget)
+    widget = docked[0]
     name = slide.name
     out["prepare"] = measure(
         action(

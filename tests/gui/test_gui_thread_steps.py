@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_milkd._widget.slide_layers import tile_map
 from napari_milkd.core.engine.train import TrainResult
 from napari_milkd.core.session.jobs import StageOutput
 
@@ -43,7 +44,11 @@ def test_prepare_and_a_finished_stage_put_their_layers_one_per_turn(
     assert [name for name, _, _ in inserted] == ["tissue", "tiles", "weak labels"]
     assert len({turn for _, turn, _ in inserted}) == 3  # the canvas drew between two layers
     assert all(busy for _, _, busy in inserted) and widget.paint_tumour.isEnabled()
-    assert viewer.layers[f"{PREFIX} tiles"].visible and viewer.layers[f"{PREFIX} tiles"].contour == 2
+    tiles = viewer.layers[f"{PREFIX} tiles"]
+    # Outlines drawn into the data (napari computes no contour over the whole map): every tile's ring.
+    assert tiles.visible and tiles.contour == 0
+    assert np.array_equal(tiles.data, tile_map(widget.session.work, widget.session.bag_labels().labels))
+    assert tiles.data.any() and not tiles.data.all()
 
     # A stage finishing: its probability, then its mask (outlined), each at its own turn; busy until then.
     session = widget.session

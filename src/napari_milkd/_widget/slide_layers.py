@@ -86,31 +86,52 @@ def tile_values(work: SlideWork, bags: np.ndarray | None = None) -> np.ndarray:
     return (1 + parity + 2 * kinds).astype(np.uint8)
 
 
+#: Width of the outline each tile is drawn with in the tiles layer (map pixels, inside the tile).
+TILE_RING_PX = 2
+
+
+def ring_pixels(r0: int, c0: int, t: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the :data:`TILE_RING_PX`-wide outline of the tile at map origin ``(r0, c0)``
+    (size ``t``), clipped to a map of ``shape``."""
+    r1, c1 = min(r0 + t, shape[0]), min(c0 + t, shape[1])
+    if r1 <= r0 or c1 <= c0:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    on = np.zeros((r1 - r0, c1 - c0), bool)
+    w = TILE_RING_PX
+    on[:w], on[-w:], on[:, :w], on[:, -w:] = True, True, True, True
+    yy, xx = np.nonzero(on)
+    return yy + r0, xx + c0
+
+
 def tile_map(work: SlideWork, bags: np.ndarray | None = None) -> np.ndarray:
-    """Tiles painted into a working-size map with :func:`tile_values` (drawn as outlines)."""
+    """Tiles drawn into a working-size map as :data:`TILE_RING_PX`-wide outlines in their
+    :func:`tile_values` (the layer shows them as they are: no contour for napari to compute)."""
     out = np.zeros(work.shape, np.uint8)
-    t = work.grid.tile
+    t, w = work.grid.tile, TILE_RING_PX
     for (r0, c0), value in zip(
         tile_map_origins(work.grid, work.downsample), tile_values(work, bags), strict=True
     ):
-        out[r0 : r0 + t, c0 : c0 + t] = value
+        tile = out[r0 : r0 + t, c0 : c0 + t]  # a view, clipped to the map
+        tile[:w], tile[-w:], tile[:, :w], tile[:, -w:] = value, value, value, value
     return out
 
 
 def repaint_tiles(layer: Labels, work: SlideWork, before: np.ndarray, after: np.ndarray) -> int:
-    """Repaint in the tiles ``layer`` only the tiles whose :func:`tile_values` went from ``before`` to
-    ``after`` (napari refreshes just those boxes); return how many changed."""
+    """Repaint in the tiles ``layer`` only the outlines of the tiles whose :func:`tile_values` went
+    from ``before`` to ``after`` (napari refreshes just that box); return how many changed."""
     changed = np.flatnonzero(before != after)
+    if changed.size == 0:
+        return 0
     origins = tile_map_origins(work.grid, work.downsample)
     t = work.grid.tile
-    rows, cols = layer.data.shape
-    for i in changed:
-        r0, c0 = (int(v) for v in origins[i])
-        r1, c1 = min(r0 + t, rows), min(c0 + t, cols)
-        if r1 <= r0 or c1 <= c0:
-            continue
-        yy, xx = np.mgrid[r0:r1, c0:c1]
-        layer.data_setitem((yy.ravel(), xx.ravel()), int(after[i]))
+    parts = [ring_pixels(int(origins[i][0]), int(origins[i][1]), t, layer.data.shape) for i in changed]
+    yy = np.concatenate([p[0] for p in parts])
+    xx = np.concatenate([p[1] for p in parts])
+    values = np.concatenate(
+        [np.full(len(p[0]), after[i], np.uint8) for p, i in zip(parts, changed, strict=True)]
+    )
+    if yy.size:
+        layer.data_setitem((yy, xx), values)
     return int(changed.size)
 
 

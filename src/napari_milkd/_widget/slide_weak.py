@@ -27,7 +27,7 @@ from napari_milkd.core.session.slide_session import ImportedRegions
 from napari_milkd.core.session.weak_labels import REGIONS_RULE
 
 if TYPE_CHECKING:
-    from napari_milkd._widget.background import Background
+    from napari_milkd._widget.background import Background, Steps
     from napari_milkd._widget.slide_layers import SlideLayers
     from napari_milkd.core.session.slide_session import SlideSession
     from napari_milkd.core.slides.geometry import SlideWork
@@ -48,6 +48,7 @@ class WeakLabelsPart:
         def _update_buttons(self) -> None: ...
         def show_bags(self, positive: int, negative: int) -> None: ...
         def show_stage(self, stage: str) -> None: ...
+        def _stage_layers(self, session: SlideSession, stage: str, *, probability: bool = True) -> Steps: ...
 
         bag_rule_combo: Any
 
@@ -69,7 +70,6 @@ class WeakLabelsPart:
         tiles = self.layers.put_labels(
             "tiles", tile_map(work, None if labels is None else labels.labels), TILE_COLORS, opacity=0.8
         )
-        tiles.contour = 2
         return tiles
 
     def _show_tile_kinds(self) -> None:
@@ -134,7 +134,8 @@ class WeakLabelsPart:
             return
         name = Path(path).name
 
-        def imported(regions: ImportedRegions) -> None:
+        def imported(regions: ImportedRegions) -> Steps:
+            """The GUI half, in steps: paint and count, show the layer, then the bags by the rule."""
             layer = self.weak_layer()
             if layer is None or self._prepared() is not session:
                 return  # the slide was prepared again meanwhile
@@ -143,17 +144,22 @@ class WeakLabelsPart:
             except MilkdError as exc:
                 notify_error(exc)
                 return
+            yield
             switched = False
             if into == "weak":
                 layer.refresh()
+                yield
                 switched = self.bag_rule_combo.currentData() != REGIONS_RULE.name
                 # Undo import puts the rule back with the labels.
                 self._rule_before_import = self.bag_rule_combo.currentData()
                 if switched:  # outlines: a tile half outside a "Normal" region may hold tumour
+                    self.bag_rule_combo.blockSignals(True)  # one recount and repaint below, not two
                     self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(REGIONS_RULE.name))
+                    self.bag_rule_combo.blockSignals(False)
+                    session.set_bag_rule(REGIONS_RULE.name)
                 self._on_weak_edit()
             else:
-                self._show_masks_again()
+                yield from self._show_masks_again_steps()
             for warning in summary.warnings[:3]:
                 notify_warning(warning)
             rule_note = "; tumour-free tiles now follow the regions rule (≥ 90 % covered)" if switched else ""
@@ -191,9 +197,14 @@ class WeakLabelsPart:
 
     def _show_masks_again(self) -> None:
         """The corrections changed other than by painting: show every stage's mask anew."""
+        for _ in self._show_masks_again_steps():
+            pass
+
+    def _show_masks_again_steps(self) -> Steps:
+        """:meth:`_show_masks_again` one layer per step."""
         session = self._prepared()
         for stage in () if session is None else tuple(session.masks):
-            self.show_stage(stage)
+            yield from self._stage_layers(session, stage)
         self._autosave.start()
 
     def _open_as_shapes(self, path: str | Path) -> None:

@@ -37,6 +37,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_milkd._widget.background import Background, Steps
+from napari_milkd._widget.gc_pauses import unfreeze_on_close, warm_up
 from napari_milkd._widget.mask_style import MaskStyle, mask_colors
 from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.round_list import go_back
@@ -127,6 +128,10 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self._edit_timer.timeout.connect(self.collect_corrections)
         self._init_weak_labels()
         self._init_slide_group()  # the slide list: sessions of slides prepared before, training on all
+        # Heavy imports off the GUI thread, then the start-up objects frozen out of the collector's walks.
+        self.warmed_up = False
+        self._watching_close = False
+        self._warm_up = warm_up(self._warmed_up)
         self.prepare_button.clicked.connect(self.start_prepare)
         self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
         self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
@@ -224,6 +229,16 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self._planned = (layer.name, session)
         worker.yielded.connect(self._adopt)
         self.training.run(worker, self._prepare_returned)
+
+    def _warmed_up(self) -> None:
+        self.warmed_up = True
+
+    def showEvent(self, event: Any) -> None:
+        """Docked and shown: the viewer's window is ours to watch (its close ends the gc freeze)."""
+        super().showEvent(event)
+        if not self._watching_close and self.window() is not self:
+            unfreeze_on_close(self.window())
+            self._watching_close = True
 
     def _prepare_returned(self, _: object) -> None:
         """Prepare's worker ends once its layers are shown (:meth:`_adopt` did the work)."""
@@ -343,7 +358,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
 
     def _distil_after_promotion(self, session: SlideSession, config: Any) -> Steps:
         """Next round's GUI half: show the promoted teacher, then distil the new student."""
-        self.show_stage("teacher")  # the student's map is the teacher's now
+        yield from self._stage_layers(session, "teacher")  # the student's map is the teacher's now
         yield
         try:
             job = session.train_job("student", config, resume=False)
@@ -449,6 +464,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         if self.session is not session:
             return
         session.take(accepted)
+        yield
         yield from self._stage_layers(session, output.stage, probability=False)
         result = output.result
         self.training.status.setText(

@@ -184,16 +184,27 @@ class BagCounter:
             hit = np.flatnonzero((self.r0 < y1) & (self.r1 > y0) & (self.c0 < x1) & (self.c1 > x0))
         if hit.size == 0:
             return
-        # One integral image over the union of the hit tiles only.
+        # Pixel counts summed block by block between the tiles' edges (one pass over the union of the
+        # hit tiles), then an integral image of those few blocks, read at the tiles' corners.
         uy0, ux0 = int(self.r0[hit].min()), int(self.c0[hit].min())
         uy1, ux1 = int(self.r1[hit].max()), int(self.c1[hit].max())
         part = regions[uy0:uy1, ux0:ux1]
+        if part.size == 0:
+            self.tumour[hit] = self.free[hit] = 0
+            return
         r0, c0 = self.r0[hit] - uy0, self.c0[hit] - ux0
         r1, c1 = self.r1[hit] - uy0, self.c1[hit] - ux0
+        rows = np.unique(np.concatenate([[0], r0, r1]))
+        cols = np.unique(np.concatenate([[0], c0, c1]))
+        rows, cols = rows[rows < part.shape[0]], cols[cols < part.shape[1]]
+        ra, rb = np.searchsorted(rows, r0), np.searchsorted(rows, r1)
+        ca, cb = np.searchsorted(cols, c0), np.searchsorted(cols, c1)
         for value, counts in ((REGION_TUMOUR, self.tumour), (REGION_FREE, self.free)):
-            integral = np.zeros((part.shape[0] + 1, part.shape[1] + 1), np.int64)
-            integral[1:, 1:] = (part == value).cumsum(0, dtype=np.int64).cumsum(1)
-            counts[hit] = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+            by_rows = np.add.reduceat(part == value, rows, axis=0, dtype=np.int64)
+            blocks = np.add.reduceat(by_rows, cols, axis=1)
+            integral = np.zeros((len(rows) + 1, len(cols) + 1), np.int64)
+            integral[1:, 1:] = blocks.cumsum(0).cumsum(1)
+            counts[hit] = integral[rb, cb] - integral[ra, cb] - integral[rb, ca] + integral[ra, ca]
 
     def labels(self) -> BagLabels:
         """The bag labels the current counts give."""
