@@ -49,7 +49,17 @@ def regions_geojson(path: Path, shape_l0: tuple[int, int], n: int = N_REGIONS) -
 
 
 def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], work: Path) -> dict[str, Any]:
-    """Every action once (strokes ``N_STROKES`` times) with the heartbeat running; then the legacy bodies."""
+    """Every action once (strokes ``N_STROKES`` times) with the heartbeat running; then the legacy bodies.
+    ``all_actions`` pools the stalls of every action (one action's p99 is its max when it lasts under
+    100 ticks)."""
+    pooled: list[float] = []
+    measure_one = measure
+
+    def measure(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = measure_one(*args, **kwargs)
+        pooled.extend(result.pop("_stalls", []))
+        return result
+
     from napari_milkd.core.engine.train import TrainResult
     from napari_milkd.core.session.jobs import StageOutput
     from napari_milkd.core.session.weak_labels import REGION_FREE, REGION_TUMOUR
@@ -183,6 +193,15 @@ def run_actions(viewer: Any, app: Any, measure: Callable[..., dict[str, Any]], w
     )
     timed("export", lambda: session.export("teacher", "geojson", work / "legacy.geojson"))
     out["legacy_ms"] = legacy
+    stalls = np.array(pooled)
+    out["all_actions"] = {
+        "ticks": len(stalls),
+        "p50_ms": round(float(np.percentile(stalls, 50)), 1),
+        "p99_ms": round(float(np.percentile(stalls, 99)), 1),
+        "max_ms": round(float(stalls.max()), 1),
+        "over_50_ms": int((stalls > 50).sum()),
+        "over_200_ms": int((stalls > 200).sum()),
+    }
     widget.training.status.setText("")
     return out
 

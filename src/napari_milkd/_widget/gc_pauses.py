@@ -1,11 +1,10 @@
 """Keep Python's full garbage collections from freezing the viewer.
 
-A full (generation-2) collection walks every container object the process holds: with napari, Qt,
-pandas and torch loaded that is ~390 000 objects and 0.1–0.25 s on a laptop CPU, during which the GIL is
-held, so the GUI stops, whichever thread allocated. Almost all of those objects are modules, classes
-and the viewer itself, alive until the process ends. :func:`warm_up` imports what the widget will need
-(pandas, which napari's first Labels layer imports; torch, which training does) and fills vispy's
-dash-pattern cache (the first Labels layer's ~0.1 s) in a worker, then
+A full (generation-2) collection walks every container object the process holds: with napari and Qt
+loaded that is ~220 000 objects and ~0.12 s (~0.2 s once torch is in too) on a laptop CPU, during which
+the GIL is held, so the GUI stops, whichever thread allocated. Almost all of those objects are modules,
+classes and the viewer itself, alive until the process ends. :func:`warm_up` imports pandas (napari's
+first Labels layer does) and fills vispy's dash-pattern cache in a worker, then
 :func:`freeze_long_lived` moves every object alive at that moment into the collector's permanent
 generation (``gc.freeze``), so later collections walk only what was made since. The price: a cycle of
 frozen objects that becomes garbage is not collected while frozen. Freezing once, before any session,
@@ -24,16 +23,17 @@ from typing import Any
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QObject
 
-from napari_milkd.core.runtime import load_compute_modules
-
 #: Set once :func:`freeze_long_lived` has frozen the start-up objects (one freeze per process).
 _frozen = [False]
 
 
 def _warm_up_work() -> None:
-    """The worker's part: heavy imports, and vispy's dash patterns (every Labels layer's polygon-tool
-    overlay builds 13 of them, ~0.1 s of Python loops the first time; vispy caches them per process)."""
-    load_compute_modules()
+    """The worker's part: pandas (napari's first Labels layer imports it: ~0.4 s) and vispy's dash
+    patterns (every Labels layer's polygon-tool overlay builds 13 of them, ~0.1 s of Python loops the
+    first time; vispy caches them per process). Not torch: loading its libraries holds the GIL for
+    0.3–1 s whichever thread imports it, so it stays with the first job that needs it."""
+    import pandas  # noqa: F401
+
     try:
         from vispy.visuals.line.dash_atlas import DashAtlas
 

@@ -34,13 +34,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_compute_modules() -> None:
-    """Import torch and pandas now (seconds, best off the GUI thread): training, prediction and
-    napari's first Labels layer import them later anyway."""
-    import pandas  # noqa: F401
-    import torch  # noqa: F401
-
-
 def free_device_memory() -> None:
     """Return cached GPU memory to the driver (after a job ends or is cancelled); a no-op without CUDA
     or when torch was never loaded."""
