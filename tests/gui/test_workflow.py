@@ -251,6 +251,26 @@ def test_reopening_the_slide_restores_the_session(make_napari_viewer, qtbot, fre
     assert any("restored weak labels, 16 corrected pixels" in m for m in _messages(before)), _messages(before)
 
 
+def test_an_autosave_in_flight_when_the_viewer_closes_loses_nothing(
+    make_napari_viewer, qtbot, fresh_project: Path
+) -> None:
+    """The autosave writes in a worker; closing the viewer while one is queued writes the newest edits
+    (a synchronous save that supersedes it) instead of losing them to a refused late write."""
+    viewer, widget = _open(make_napari_viewer, qtbot, show=True)
+    painted = _paint_weak_labels(viewer, widget)
+    widget._autosave.stop()
+    widget._autosave_in_background()  # the timer fired: a worker will write
+    assert widget._saves_in_flight == 1
+    before = len(notification_manager.records)
+    viewer.close()  # at once, before that worker has run
+    saved = Project(fresh_project).load_array("weak_labels")
+    assert saved is not None and np.array_equal(saved[0], painted)
+    qtbot.wait(500)  # the queued worker runs now and writes nothing over it (no error either)
+    assert not any("could not save" in m for m in _messages(before)), _messages(before)
+    saved = Project(fresh_project).load_array("weak_labels")
+    assert saved is not None and np.array_equal(saved[0], painted)
+
+
 def test_reopening_a_project_prepared_at_another_resolution(
     make_napari_viewer, qtbot, fresh_project: Path
 ) -> None:

@@ -123,7 +123,8 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self._bags = (0, 0)  # positive and negative bags of the prepared slide
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._autosave = QTimer(self, singleShot=True, interval=600)
-        self._autosave.timeout.connect(self.save_session)
+        self._autosave.timeout.connect(self._autosave_in_background)
+        self._saves_in_flight = 0  # autosaves being written by a worker
         self._edit_timer = QTimer(self, singleShot=True, interval=0)
         self._edit_timer.timeout.connect(self.collect_corrections)
         self._init_weak_labels()
@@ -547,9 +548,9 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
 
     def _save_now(self) -> None:
         self._flush_edits()
-        if self._autosave.isActive():
+        if self._autosave.isActive() or self._saves_in_flight:
             self._autosave.stop()
-            self.save_session()
+            self.save_session()  # newer than any autosave in flight, which then writes nothing
 
     def save_session(self) -> None:
         """Write weak labels and corrections to the project folder (atomic; autosaved after edits)."""
@@ -559,6 +560,31 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             self.session.save()
         except OSError as exc:
             notify_error("could not save the project", f"{self.session.project.root}: {exc}")
+
+    def _autosave_in_background(self) -> None:
+        """The autosave: the maps are copied here, compressed and written by a worker (a large working
+        map takes a second or more to compress)."""
+        session = self.session
+        if session is None:
+            return
+        root = session.project.root
+        try:
+            write = session.save_job()
+        except OSError as exc:
+            notify_error("could not save the project", f"{root}: {exc}")
+            return
+        worker = create_worker(write, _ignore_errors=True)
+        self._saves_in_flight += 1
+        worker.errored.connect(self._autosave_failed)
+        worker.finished.connect(self._autosave_finished)
+        worker.start()
+
+    # Bound methods, not lambdas: Qt disconnects them when the widget is destroyed (viewer closed).
+    def _autosave_failed(self, exc: BaseException) -> None:
+        notify_error("could not save the project", error_text(exc))
+
+    def _autosave_finished(self) -> None:
+        self._saves_in_flight -= 1
 
     # --- 4 · review and export -------------------------------------------------------------------
 

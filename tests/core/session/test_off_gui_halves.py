@@ -96,3 +96,26 @@ def test_adopt_in_a_worker_leaves_the_lock_and_tells_saves_made_meanwhile(tmp_pa
         with pytest.raises(WriteError):
             first.save()  # the second session has the project now
         second.close()
+
+
+def test_save_job_copies_now_writes_later_and_the_newest_save_wins(tmp_path: Path) -> None:
+    """The autosave's halves: the maps are copied when asked (strokes after it are not in it); a save
+    asked later and written first is not overwritten by the older one; the close waits and refuses."""
+    with _session(tmp_path) as session:
+        assert session.weak is not None
+        session.weak[0:4, 0:4] = 1
+        older = session.save_job()
+        session.weak[0:4, 0:4] = 2  # painted after the snapshot
+        newer = session.save_job()
+        newer()
+        older()  # ran late: writes nothing over the newer snapshot
+        saved = Project(tmp_path / "p").load_array("weak_labels")
+        assert saved is not None and np.all(saved[0][0:4, 0:4] == 2)
+
+        session.weak[0:4, 0:4] = 1
+        late = session.save_job()
+        session.close()
+        with pytest.raises(WriteError):  # a write that starts after the close is refused, not lost silently
+            late()
+        saved = Project(tmp_path / "p").load_array("weak_labels")
+        assert saved is not None and np.all(saved[0][0:4, 0:4] == 2)

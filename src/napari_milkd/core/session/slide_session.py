@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -200,6 +201,9 @@ class SlideSession:
         self.stage_metrics: dict[str, dict[str, Any]] = {}
         self._lock: ProjectLock | None = None
         self._closed = False
+        #: Saves in order: held while one writes and while the session closes; the newest snapshot wins.
+        self._save_guard = threading.Lock()
+        self._save_seq = self._written_seq = 0
         self._damage_notes: list[str] = []
         self._bag_counter: BagCounter | None = None
         #: The last import, to undo it: (target, box, what the box held before).
@@ -215,10 +219,11 @@ class SlideSession:
     def close(self) -> None:
         """Give the project's lock back (nothing is saved: call :meth:`save` first). Safe to call more
         than once; a closed session refuses to save."""
-        self._closed = True
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        with self._save_guard:  # a save being written finishes first; one not started yet is refused
+            self._closed = True
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> SlideSession:
         return self
@@ -1027,10 +1032,31 @@ class SlideSession:
     def save(self) -> None:
         """Write weak labels and corrections to the project folder (atomic). Refused (one-line
         :class:`WriteError`) once the session is closed or a later session took the project."""
+        self.save_job()()
+
+    def save_job(self) -> Callable[[], None]:
+        """:meth:`save` in two halves: the maps are copied now (milliseconds; the caller's thread) and
+        the returned call compresses and writes them (the slow half: any thread, e.g. a worker, so the
+        GUI does not wait for an autosave). Saves land in the order they were asked for: a call that
+        runs after a newer one has written writes nothing, and :meth:`close` waits for a write in
+        progress; one that starts after the close is refused (:class:`WriteError`), like :meth:`save`."""
         if self.work is None:
-            return
+            return lambda: None
         self._require_lock()
-        if self.weak is not None:
-            self.project.save_array("weak_labels", self.weak, **self._geometry_meta())
-        if self.hard is not None:
-            self.project.save_array("corrections", self.hard, **self._geometry_meta())
+        maps = {"weak_labels": self.weak, "corrections": self.hard}
+        copies = {name: data.copy() for name, data in maps.items() if data is not None}
+        meta = self._geometry_meta()
+        with self._save_guard:
+            self._save_seq += 1
+            seq = self._save_seq
+
+        def write() -> None:
+            with self._save_guard:
+                if seq <= self._written_seq:
+                    return  # a newer snapshot is on disk already
+                self._require_lock()
+                for name, data in copies.items():
+                    self.project.save_array(name, data, **meta)
+                self._written_seq = seq
+
+        return write
