@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from napari_milkd.core.slides.slide import open_slide, rgba_to_rgb_on_white
-from napari_milkd.core.slides.zarr_store import SlideStore, chunk_rectangles, slide_group, slide_levels
+from napari_milkd.core.slides.zarr_store import SlideStore, slide_group, slide_levels
 
 
 def _read_region_rgb(path: Path, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -107,49 +107,3 @@ def test_store_is_read_only_and_lazy(exact_pyramid: Path) -> None:
         assert calls == [(0, 0, 0, 128, 128)]  # exactly one tile
         with pytest.raises((PermissionError, ValueError, OSError)):
             arr[0:2, 0:2] = 0
-
-
-def test_a_window_is_read_as_one_rectangle_and_equals_per_chunk_reads(exact_pyramid: Path) -> None:
-    """The chunks of one window are one region read (not one per chunk) and give the same pixels."""
-    with open_slide(exact_pyramid) as source:
-        calls: list[tuple[int, ...]] = []
-        original = source.read
-
-        def counting_read(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-            calls.append((level, y, x, h, w))
-            return original(level, y, x, h, w)
-
-        source.read = counting_read  # type: ignore[method-assign]
-        arr = zarr.open_array(store=SlideStore(source), path="0", mode="r")
-        window = arr[100:400, 200:500]  # chunks rows 0..3, cols 1..3 of 128 px
-        assert calls == [(0, 0, 128, 512, 384)]
-        assert np.array_equal(window, original(0, 100, 200, 300, 300))
-        calls.clear()
-        level1 = zarr.open_array(store=SlideStore(source), path="1", mode="r")[10:300, 0:260]
-        assert len(calls) == 1 and np.array_equal(level1, original(1, 10, 0, 290, 260))
-
-
-def test_inexact_levels_keep_one_read_per_chunk(inexact_pyramid: Path) -> None:
-    with open_slide(inexact_pyramid) as source:
-        calls: list[tuple[int, ...]] = []
-        original = source.read
-        source.read = lambda *a: calls.append(a) or original(*a)  # type: ignore[method-assign]
-        zarr.open_array(store=SlideStore(source), path="1", mode="r")[0:200, 0:200]
-        assert len(calls) == 4 and all(c[3:] == (128, 128) for c in calls)
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_chunk_rectangles_cover_each_cell_once(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    if seed % 3 == 0:  # a full block, as a window gives
-        i0, j0, h, w = (int(v) for v in rng.integers(0, 6, 4) + np.array([0, 0, 1, 1]))
-        cells = {(i, j) for i in range(i0, i0 + h) for j in range(j0, j0 + w)}
-    else:
-        cells = {(int(i), int(j)) for i, j in rng.integers(0, 8, (int(rng.integers(1, 40)), 2))}
-    limit = int(rng.integers(1, 20))
-    rectangles = chunk_rectangles(cells, chunk_pixels=100, max_pixels=100 * limit)
-    covered = [(i, j) for i0, j0, h, w in rectangles for i in range(i0, i0 + h) for j in range(j0, j0 + w)]
-    assert sorted(covered) == sorted(cells)  # every cell once, nothing else
-    assert all(h * w <= limit for _, _, h, w in rectangles)
-    if seed % 3 == 0 and len(cells) <= limit:
-        assert len(rectangles) == 1

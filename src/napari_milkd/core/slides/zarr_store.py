@@ -2,14 +2,10 @@
 
 Owns the mapping "slide pyramid → zarr hierarchy": a root group whose array ``"<level>"`` is that
 pyramid level, shape ``(height, width, 3)`` uint8 RGB, chunk = the slide's native tile, uncompressed.
-Nothing is converted or copied: the chunks zarr asks for together (one window of a napari view, a
-tile of training) are read as few rectangles of the slide, each one region read run in a thread, and cut
-into chunks (:func:`chunk_rectangles`): a region read has a fixed cost (OpenSlide: a cairo surface and
-a colour conversion per call) that per-chunk reads would pay once per chunk, and one read lets a
-TIFF-family source decode the tiles in parallel (see :mod:`napari_milkd.core.slides.native`). Only
-levels with an integral downsample are read so: elsewhere OpenSlide resamples each read by its own
-sub-pixel remainder, and each chunk is read by itself, as it always was. May import zarr and numpy;
-nothing from napari or Qt.
+Nothing is converted or copied: every chunk request becomes one region read of the slide, run in a
+thread so zarr can fetch chunks concurrently (OpenSlide reads are thread-safe; for TIFF-family slides
+a chunk is one decode of the file's own tile, see :mod:`napari_milkd.core.slides.native`). May import zarr and
+numpy; nothing from napari or Qt.
 
 Chunk ``(i, j, 0)`` of level ``L`` holds level pixels ``[i*th:(i+1)*th, j*tw:(j+1)*tw]``, read from
 level-0 location ``(round(j*tw*ds), round(i*th*ds))`` (see :mod:`napari_milkd.core.slides.slide`).
@@ -28,58 +24,6 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from napari_milkd.core.slides.slide import SlideSource
-
-#: Most pixels one coalesced read may cover (a batch larger than this is read in row bands).
-MAX_READ_PIXELS = 4096 * 4096
-#: Chunks zarr fetches at once (its ``async.concurrency``, 10 by default): a batch holds at most
-#: these, so a 4 × 4-chunk window would take two reads at 10. Raised (never lowered) on import.
-CHUNKS_AT_ONCE = 64
-
-if int(zarr.config.get("async.concurrency") or 0) < CHUNKS_AT_ONCE:
-    zarr.config.set({"async.concurrency": CHUNKS_AT_ONCE})
-
-
-def chunk_rectangles(
-    cells: Iterable[tuple[int, int]], chunk_pixels: int = 1, max_pixels: int = MAX_READ_PIXELS
-) -> list[tuple[int, int, int, int]]:
-    """Group chunk indices ``(i, j)`` into rectangles ``(i0, j0, rows, cols)`` to read one call each:
-    the whole set when it fills its bounding box, else each row's runs of adjacent chunks; a
-    rectangle over ``max_pixels`` (``chunk_pixels`` per chunk) is cut into bands of whole rows (or
-    runs, when one row is too much). Every cell is in exactly one rectangle, and nothing else is."""
-    unique = sorted(set(cells))
-    if not unique:
-        return []
-    rows = [i for i, _ in unique]
-    cols = [j for _, j in unique]
-    i0, j0 = min(rows), min(cols)
-    height, width = max(rows) - i0 + 1, max(cols) - j0 + 1
-    if height * width == len(unique):
-        runs = [(i0 + di, j0, 1, width) for di in range(height)]
-    else:
-        runs = []
-        for i, j in unique:
-            last = runs[-1] if runs else None
-            if last is not None and last[0] == i and last[1] + last[3] == j:
-                runs[-1] = (i, last[1], 1, last[3] + 1)
-            else:
-                runs.append((i, j, 1, 1))
-    limit = max(1, max_pixels // max(1, chunk_pixels))  # chunks per read
-    out: list[tuple[int, int, int, int]] = []
-    for i, j, _, n in runs:  # one row each: merge rows of equal runs into rectangles, up to the limit
-        for start in range(0, n, limit):
-            width_now = min(limit, n - start)
-            last = out[-1] if out else None
-            if (
-                last is not None
-                and last[1] == j + start
-                and last[3] == width_now
-                and last[0] + last[2] == i
-                and (last[2] + 1) * width_now <= limit
-            ):
-                out[-1] = (last[0], last[1], last[2] + 1, width_now)
-            else:
-                out.append((i, j + start, 1, width_now))
-    return out
 
 
 def _slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -105,8 +49,6 @@ class SlideStore(Store):
     def __init__(self, source: SlideSource) -> None:
         super().__init__(read_only=True)
         self._source = source
-        #: Chunk requests waiting for this turn of an event loop to end: loop → level → cell → futures.
-        self._batches: dict[Any, dict[int, dict[tuple[int, int], list[asyncio.Future[np.ndarray]]]]] = {}
         info = source.info
         self._metadata: dict[str, bytes] = {
             "zarr.json": json.dumps(
@@ -180,54 +122,9 @@ class SlideStore(Store):
             index = self._chunk_level_index(key)
             if index is None:
                 return None
-            if float(self._source.info.levels[index[0]].downsample).is_integer():
-                chunk = await self._batched(*index)
-            else:
-                chunk = await asyncio.to_thread(self.read_chunk, *index)
+            chunk = await asyncio.to_thread(self.read_chunk, *index)
             data = chunk.tobytes()
         return prototype.buffer.from_bytes(_slice_bytes(data, byte_range))
-
-    async def _batched(self, level: int, i: int, j: int) -> np.ndarray:
-        """Chunk ``(i, j)``, read with the others asked for in the same turn of the event loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        batch = self._batches.get(loop)
-        if batch is None:
-            batch = self._batches[loop] = {}
-            loop.call_soon(self._flush, loop)  # after the requests already queued have joined
-        batch.setdefault(level, {}).setdefault((i, j), []).append(future)
-        return await future
-
-    def _flush(self, loop: Any) -> None:
-        for level, cells in self._batches.pop(loop, {}).items():
-            th, tw = self._source.tile_size(level)
-            for rectangle in chunk_rectangles(cells, th * tw):
-                loop.create_task(self._read_rectangle(level, rectangle, cells))
-
-    async def _read_rectangle(
-        self,
-        level: int,
-        rectangle: tuple[int, int, int, int],
-        cells: dict[tuple[int, int], list[asyncio.Future[np.ndarray]]],
-    ) -> None:
-        i0, j0, rows, cols = rectangle
-        th, tw = self._source.tile_size(level)
-        waiting = [(i, j) for i in range(i0, i0 + rows) for j in range(j0, j0 + cols)]
-        try:
-            region = await asyncio.to_thread(self._source.read, level, i0 * th, j0 * tw, rows * th, cols * tw)
-        except BaseException as exc:  # every chunk of the read fails with it, as its own read would have
-            for cell in waiting:
-                for future in cells[cell]:
-                    if not future.done():
-                        future.set_exception(exc)
-            return
-        for i, j in waiting:
-            chunk = np.ascontiguousarray(
-                region[(i - i0) * th : (i - i0 + 1) * th, (j - j0) * tw : (j - j0 + 1) * tw]
-            )
-            for future in cells[(i, j)]:
-                if not future.done():
-                    future.set_result(chunk)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
