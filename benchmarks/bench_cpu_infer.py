@@ -9,12 +9,25 @@ round-robin over ``--repeats`` rounds so that the machine's load falls on every 
 * ``channels_last`` (NHWC memory format, oneDNN's preferred layout for depthwise convolutions);
 * ``bf16`` autocast on CPU (fast only where the CPU has AVX-512 BF16 or AMX; said in the output);
 * ``threads=1`` (one intra-op thread instead of all cores: what each of several cohort workers gets);
-* ``compile`` (``torch.compile``, inductor, with ``--compile``: the first call compiles, not timed).
+* ``compile`` (``torch.compile``, inductor, with ``--compile``: the first call compiles, not timed);
+* with ``--onnx`` (needs ``onnxruntime`` and ``onnx``): ``onnx_fp32``, the library's ONNX Runtime backend
+  (``core.inference.onnx_backend.prepare_onnx``: the forward as ``InferenceRuntime`` calls it, exported
+  once with the TorchScript exporter, graph optimisation level "all", intra-op threads = cores);
+  ``onnx_int8_dynamic`` (``onnxruntime.quantization.quantize_dynamic``, int8 weights: ConvInteger) and
+  ``onnx_int8_qdq`` (``quantize_static``, QDQ, per-channel int8 weights, uint8 activations with reduced
+  range, convolutions only, the stem and the three 1×1 side convolutions kept in float; calibrated on
+  ``--calib-tiles`` of the measured tiles, which can only flatter it);
+* with ``--openvino`` (needs ``openvino``): ``openvino_fp32``, the torch module converted by
+  ``openvino.convert_model`` and compiled for the CPU (latency hint, threads = cores). (OpenVINO's ONNX
+  reader refuses the exported graph: a Gather on the rank-0 output of the fusion's Exp.)
+
+Export, quantisation and conversion are timed apart (``setup_s``), not in tiles/s.
 
 For each: tiles/s, the ratio to ``fp32`` (> 1 is faster) and the Dice of its tumour mask (probability ≥
 0.5) against ``fp32``'s, over all tiles' pixels. Prints one JSON object.
 
     .venv/bin/python benchmarks/bench_cpu_infer.py --checkpoint RUN/student.pt [--tile 256 --repeats 3]
+    .venv/bin/python benchmarks/bench_cpu_infer.py --checkpoint RUN/student.pt --onnx --openvino
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -78,6 +92,96 @@ def _variants(model: torch.nn.Module, use_compile: bool) -> dict[str, tuple[Call
     return out
 
 
+def _onnx_variants(
+    model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, work: Path
+) -> tuple[dict[str, tuple[Callable[..., Any], Any]], dict[str, float]]:
+    """ONNX Runtime (and OpenVINO) variants, and the seconds each took to set up (export, quantise)."""
+    import copy
+
+    out: dict[str, tuple[Callable[..., Any], Any]] = {}
+    setup: dict[str, float] = {}
+    cores = os.cpu_count() or 1
+    tile = (int(x.shape[2]), int(x.shape[3]))
+    net = copy.deepcopy(model).eval()
+    if args.onnx:
+        import onnxruntime as ort
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from napari_milkd.core.inference.onnx_backend import export_onnx, prepare_onnx, session_options
+
+        t0 = time.perf_counter()
+        forward = prepare_onnx(net, cache_dir=work, threads=cores)
+        forward(x[:1])  # exports on first use
+        setup["onnx_fp32"] = time.perf_counter() - t0
+        out["onnx_fp32"] = (forward, contextlib.nullcontext)
+
+        fp32 = work / "model.onnx"
+        export_onnx(net, fp32, height=tile[0], width=tile[1])
+        pre = work / "model.pre.onnx"
+        t0 = time.perf_counter()
+        quant_pre_process(str(fp32), str(pre))
+        pre_s = time.perf_counter() - t0
+
+        def session(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+            sess = ort.InferenceSession(str(path), session_options(cores), providers=["CPUExecutionProvider"])
+            return lambda b: torch.from_numpy(sess.run(["prob"], {"x": b.numpy()})[0])
+
+        t0 = time.perf_counter()
+        quantize_dynamic(str(pre), str(work / "dynamic.onnx"), weight_type=QuantType.QInt8)
+        setup["onnx_int8_dynamic"] = pre_s + time.perf_counter() - t0
+        out["onnx_int8_dynamic"] = (session(work / "dynamic.onnx"), contextlib.nullcontext)
+
+        step = max(1, len(x) // max(1, args.calib_tiles))
+        calib = x[::step][: args.calib_tiles].numpy()
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([{"x": calib[i : i + 4]} for i in range(0, len(calib), 4)])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.batches, None)
+
+        import onnx
+
+        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        keep_float = [c for c in convs if "/side" in c or "_conv_stem" in c]
+        t0 = time.perf_counter()
+        quantize_static(
+            str(pre),
+            str(work / "qdq.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,  # AVX2 without VNNI: u8×s8 pairs can saturate at full range
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=keep_float,
+        )
+        setup["onnx_int8_qdq"] = pre_s + time.perf_counter() - t0
+        out["onnx_int8_qdq"] = (session(work / "qdq.onnx"), contextlib.nullcontext)
+    if args.openvino:
+        import openvino as ov
+
+        from napari_milkd.core.inference.onnx_backend import fused_prob_module
+
+        t0 = time.perf_counter()
+        converted = ov.convert_model(fused_prob_module(copy.deepcopy(model)), example_input=x[:2])
+        compiled = ov.Core().compile_model(
+            converted, "CPU", {"INFERENCE_NUM_THREADS": cores, "PERFORMANCE_HINT": "LATENCY"}
+        )
+        setup["openvino_fp32"] = time.perf_counter() - t0
+        out["openvino_fp32"] = (lambda b: torch.from_numpy(compiled(b.numpy())[0]), contextlib.nullcontext)
+    return out, {k: round(v, 2) for k, v in setup.items()}
+
+
 @contextlib.contextmanager
 def _stack(*contexts: Any) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
@@ -116,6 +220,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="ONNX Runtime fp32 and int8 rows (onnxruntime, onnx)")
+    ap.add_argument("--openvino", action="store_true", help="an OpenVINO fp32 row (openvino)")
+    ap.add_argument("--calib-tiles", type=int, default=8, help="tiles calibrating the static int8 model")
+    ap.add_argument("--skip", default="", help="comma-separated variants not to run (never fp32)")
     args = ap.parse_args()
 
     from napari_milkd.core.engine.checkpoint import load_checkpoint
@@ -129,6 +237,14 @@ def main() -> None:
     tiles = _tiles(args.slide, mpp, args.tile, args.tiles)
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255).contiguous()
     variants = _variants(model, args.compile)
+    setup: dict[str, float] = {}
+    scratch = tempfile.TemporaryDirectory(prefix="bench_cpu_infer-")
+    if args.onnx or args.openvino:
+        extra, setup = _onnx_variants(model, x, args, Path(scratch.name))
+        variants.update(extra)
+    for name in filter(None, args.skip.split(",")):
+        if name != "fp32":
+            variants.pop(name, None)
     outputs: dict[str, torch.Tensor] = {}
     for name, (forward, context) in variants.items():  # warm-up (and compilation), not timed
         outputs[name] = _run(forward, context, x[: args.batch_size], args.batch_size)
@@ -159,6 +275,8 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "repeats": args.repeats,
                 "variants": rows,
+                "setup_s": setup,
+                "versions": _versions(),
                 "threads": torch.get_num_threads(),
                 "cpus": os.cpu_count(),
                 "cpu_bf16": bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
@@ -170,6 +288,17 @@ def main() -> None:
             indent=1,
         )
     )
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the optional runtimes that are installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("onnxruntime", "onnx", "openvino"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
 
 
 def _has_bf16() -> bool:

@@ -39,6 +39,7 @@ from napari_milkd.core.errors import (
     WriteError,
     write_error,
 )
+from napari_milkd.core.inference.cascade import DEFAULT_FACTOR, DEFAULT_LOW
 from napari_milkd.core.inference.stream import (
     PredictProgress,
     SlidePrediction,
@@ -69,7 +70,9 @@ class PredictJob:
     ``slide_mpp`` is the slide's level-0 µm/px for a file that does not record one (required then; never
     replaces what the file says: see :func:`plan_cohort` for the warning); ``overlap`` is
     in tile pixels (``None``: the spec's, else 1/8 of the tile); ``torch_threads`` caps torch's CPU threads
-    in the process that runs the job (``None``: leave as is).
+    in the process that runs the job (``None``: leave as is). ``cascade`` predicts coarse-to-fine
+    (:mod:`~napari_milkd.core.inference.cascade`) with ``cascade_factor``, ``cascade_low`` and
+    ``cascade_high`` (see :class:`~napari_milkd.core.inference.cascade.CascadeSettings`).
     """
 
     slide: str
@@ -83,9 +86,14 @@ class PredictJob:
     threshold: float | None = None
     overlap: int | None = None
     compile: bool = False
+    backend: str = "torch"
     read_threads: int = 4
     resume: bool = True
     torch_threads: int | None = None
+    cascade: bool = False
+    cascade_factor: float = DEFAULT_FACTOR
+    cascade_low: float = DEFAULT_LOW
+    cascade_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,10 +112,16 @@ class SlideSummary:
     mpp: float
     timings: dict[str, float]
     note: str = ""
+    refined: int | None = None
 
     def line(self) -> str:
-        """The one-line summary the CLI prints."""
-        reused = "" if self.n_computed == self.n_tiles else f" ({self.n_computed} computed, rest resumed)"
+        """The one-line summary the CLI prints (``refined``: a cascade's refined tiles, else ``None``)."""
+        if self.refined is not None:
+            reused = f" ({self.refined} refined by the cascade, {self.n_computed} computed)"
+        elif self.n_computed == self.n_tiles:
+            reused = ""
+        else:
+            reused = f" ({self.n_computed} computed, rest resumed)"
         note = f" ({self.note})" if self.note else ""
         return (
             f"{self.name}: {self.n_tiles} tiles{reused} at {self.mpp:g} µm/px in {self.seconds:.1f} s, "
@@ -514,6 +528,7 @@ def _slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary
 
     from napari_milkd.core.engine.checkpoint import load_checkpoint
     from napari_milkd.core.engine.train import load_model
+    from napari_milkd.core.inference.cascade import CascadeSettings, predict_slide_cascade
     from napari_milkd.core.inference.stream import predict_slide
     from napari_milkd.core.runtime import reserve_blas
     from napari_milkd.core.slides.geometry import plan_work, tissue_map
@@ -555,20 +570,47 @@ def _slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary
         def finish(folder: Path, probability: Any, mask: Any) -> dict[str, Any]:
             return _finish(folder, probability, mask, tissue, work.downsample, slide_mpp, threshold, history)
 
-        result: SlidePrediction = yield from predict_slide(
-            model,
-            source,
-            work.grid,
-            zarr_path,
-            threshold=threshold,
-            batch_size=job.batch_size,
-            device=job.device,
-            compile=job.compile,
-            workers=job.read_threads,
-            resume=job.resume,
-            stage=job.name,
-            finish=finish,
-        )
+        refined: int | None = None
+        coarse_s: float | None = None
+        n_tiles = len(work.grid)
+        if job.cascade:
+            cascaded = yield from predict_slide_cascade(
+                model,
+                source,
+                work.grid,
+                zarr_path,
+                tissue=work.tissue,
+                settings=CascadeSettings(job.cascade_factor, job.cascade_low, job.cascade_high),
+                threshold=threshold,
+                batch_size=job.batch_size,
+                device=job.device,
+                compile=job.compile,
+                backend=job.backend,
+                workers=job.read_threads,
+                resume=job.resume,
+                stage=job.name,
+                finish=finish,
+            )
+            result: SlidePrediction = cascaded.prediction
+            refined, coarse_s = cascaded.n_refined, cascaded.coarse_seconds
+            n_computed = cascaded.n_coarse + result.n_computed
+        else:
+            result = yield from predict_slide(
+                model,
+                source,
+                work.grid,
+                zarr_path,
+                threshold=threshold,
+                batch_size=job.batch_size,
+                device=job.device,
+                compile=job.compile,
+                backend=job.backend,
+                workers=job.read_threads,
+                resume=job.resume,
+                stage=job.name,
+                finish=finish,
+            )
+            n_computed = result.n_computed
     finally:
         source.close()
         del model
@@ -583,14 +625,15 @@ def _slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary
         slide=job.slide,
         zarr=result.path,
         geojson=str(geojson),
-        n_tiles=result.n_tiles,
-        n_computed=result.n_computed,
+        n_tiles=n_tiles,
+        n_computed=n_computed,
         seconds=round(time.perf_counter() - t0, 3),
         tumour_area_mm2=round(tumour_px * result.mpp**2 / 1e6, 6),
         n_polygons=int(info.get("n_polygons", 0)),
         mpp=result.mpp,
-        timings=result.timings,
+        timings=result.timings if coarse_s is None else {**result.timings, "coarse_s": coarse_s},
         note=note,
+        refined=refined,
     )
 
 

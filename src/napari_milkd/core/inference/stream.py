@@ -127,17 +127,41 @@ class InferenceRuntime:
     On CPU the model runs in float32, channels_last (1.3–1.5× the NCHW forward of efficientnet_lite0 on
     2 cores with identical masks: ``benchmarks/bench_cpu_infer.py``, ``docs/benchmarks.md``), uncompiled
     unless ``compile=True``; on MPS in float32, NCHW.
+
+    ``backend="onnx"`` runs the forward in ONNX Runtime on the CPU instead (:mod:`.onnx_backend`: the
+    model exported once per weights and tile size, cached; an optional extra): ``device`` must then be
+    ``"auto"`` or ``"cpu"`` and ``compile`` False, and an :class:`InputError` says so, or that
+    onnxruntime is not installed.
     """
 
-    def __init__(self, device: str = "auto", *, amp: bool = True, compile: bool = False) -> None:
+    #: The forward backends :meth:`prepare` knows.
+    BACKENDS = ("torch", "onnx")
+
+    def __init__(
+        self, device: str = "auto", *, amp: bool = True, compile: bool = False, backend: str = "torch"
+    ) -> None:
         import torch
 
         from napari_milkd.core.runtime import resolve_device
 
+        if backend not in self.BACKENDS:
+            known = ", ".join(self.BACKENDS)
+            raise InputError(f"unknown inference backend {backend!r} (choose from {known})")
+        self.backend = backend
+        if backend == "onnx":
+            from napari_milkd.core.inference.onnx_backend import require_onnxruntime
+
+            require_onnxruntime()
+            if device not in ("auto", "cpu"):
+                raise InputError(f"the onnx backend runs on the CPU: use device 'cpu', not {device!r}")
+            if compile:
+                raise InputError("torch.compile applies to the torch backend, not to the onnx backend")
+            device = "cpu"
         self.device: torch.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.amp = bool(amp) and self.cuda
-        self.channels_last = self.cuda or self.device.type == "cpu"
+        # ONNX Runtime takes a contiguous NCHW array: a channels_last input would only be copied back.
+        self.channels_last = backend == "torch" and (self.cuda or self.device.type == "cpu")
         self.compile = bool(compile)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
@@ -146,6 +170,10 @@ class InferenceRuntime:
         """Move ``model`` to the device in eval mode; return ``x (N,3,H,W) float → fused prob (N,H,W)``."""
         import torch
 
+        if self.backend == "onnx":
+            from napari_milkd.core.inference.onnx_backend import prepare_onnx
+
+            return prepare_onnx(model)
         model.eval().to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -760,6 +788,12 @@ def _swap_into_place(work: Path, path: Path) -> None:
 #: ``milkd`` attributes (``tumour_px`` among them replaces the streamed count).
 Finish = Callable[[Path, "zarr.Array", "zarr.Array"], dict[str, Any]]
 
+#: ``compose(row0, rows, prob)``: called (on the writer thread, in band order) with each finished band's
+#: blended probability (float32 ``(rows, width)``, map rows ``[row0, row0 + rows)``; ``None`` when no tile
+#: reached the band) before it is encoded and thresholded; returns the band to write (``None``: all 0).
+#: The coarse-to-fine cascade fills the pixels its refined tiles do not cover (``inference.cascade``).
+Compose = Callable[[int, int, "np.ndarray | None"], "np.ndarray | None"]
+
 
 def predict_slide(
     model: Any,
@@ -772,12 +806,15 @@ def predict_slide(
     device: str = "auto",
     amp: bool = True,
     compile: bool = False,
+    backend: str = "torch",
     chunk: int = DEFAULT_CHUNK,
     workers: int = 4,
     prefetch: int = 2,
     resume: bool = True,
     stage: str = "predict",
     finish: Finish | None = None,
+    compose: Compose | None = None,
+    run_facts: dict[str, Any] | None = None,
 ) -> Generator[PredictProgress, None, SlidePrediction]:
     """Predict ``model`` over ``grid`` and stream probability and mask into the OME-Zarr ``out``.
 
@@ -802,7 +839,9 @@ def predict_slide(
     hidden name and renamed over it at the end. Folders that killed runs left beside ``out`` are cleaned
     (:func:`stale_asides`); with ``resume`` an unfinished one of the same run is continued.
     ``workers`` threads read tiles, ``prefetch`` batches ahead; ``compile`` uses ``torch.compile`` (pads
-    the last batch to keep one shape).
+    the last batch to keep one shape). ``compose`` rewrites each band before it is written (see
+    :data:`Compose`); ``run_facts`` (JSON values: no tuples) describe what else decides the output (the
+    cascade's settings): they join the resume fingerprint and the ``milkd`` attributes.
     """
     import torch
 
@@ -818,6 +857,8 @@ def predict_slide(
         raise InputError("predict_slide needs a torch.nn.Module (its weights identify resumable output)")
     check_prediction_target(path)
     fingerprint = _run_fingerprint(model_fingerprint(model), source, grid, shape, chunk, threshold)
+    if run_facts:
+        fingerprint = {**fingerprint, **run_facts}
     leftovers = stale_asides(path)
     check_prediction_target(path)  # a restored previous prediction is one of ours
 
@@ -873,6 +914,7 @@ def predict_slide(
             "probability": "uint8 round(255*p); 0 where no tile",
             "mask": f"labels/{MASK_LABEL}/0: 1 where p >= threshold",
             "complete": False,
+            **(run_facts or {}),
         }
         prob_arr, mask_arr = _create_prediction_zarr(
             work, shape, chunk, mpp_l0=source.info.mpp, downsample=ds, facts=facts
@@ -886,10 +928,11 @@ def predict_slide(
     counter = {"tumour_px": tumour_px}
 
     def write_band(band: _Band) -> None:
-        if band.prob is not None:
-            mask = (band.prob >= threshold).astype(np.uint8)
+        prob = band.prob if compose is None else compose(band.row0, band.rows, band.prob)
+        if prob is not None:
+            mask = (prob >= threshold).astype(np.uint8)
             rows = slice(band.row0, band.row0 + band.rows)
-            prob_arr[rows, :] = encode_probability(band.prob)
+            prob_arr[rows, :] = encode_probability(prob)
             mask_arr[rows, :] = mask
             counter["tumour_px"] += int(mask.sum())
         elif band.index + 1 < n_bands:
@@ -899,7 +942,7 @@ def predict_slide(
         )
 
     stats = _StreamStats()
-    rt = InferenceRuntime(device, amp=amp, compile=compile)
+    rt = InferenceRuntime(device, amp=amp, compile=compile, backend=backend)
     try:
         for item in _stream_bands(
             model,
