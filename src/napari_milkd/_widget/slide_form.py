@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_milkd._layers import MICROMETRES, SLIDE_META
 from napari_milkd._widget.mask_style import MaskStyle
 from napari_milkd._widget.qt_helpers import (
     enable_with_reasons,
@@ -41,7 +40,7 @@ from napari_milkd._widget.qt_helpers import (
 from napari_milkd._widget.round_list import RoundList
 from napari_milkd._widget.slide_buttons import SlideState, button_reasons
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
-from napari_milkd._widget.slide_list import SlideList
+from napari_milkd._widget.slide_list import SlideList, give_layer_mpp
 from napari_milkd._widget.slide_open import SlideOpener
 from napari_milkd._widget.training_panel import TrainingPanel
 from napari_milkd.core.errors import MilkdError
@@ -314,11 +313,7 @@ class SlideForm(SlideOpener, QWidget):
         if layer is None:
             return
         mpp = float(self.mpp_spin.value())
-        facts = dict(layer.metadata[SLIDE_META])
-        facts.update(mpp_x=mpp, mpp_y=mpp, mpp_source="user", mpp_known=True)
-        layer.metadata = {**layer.metadata, SLIDE_META: facts}
-        layer.scale = (mpp, mpp)
-        layer.units = MICROMETRES
+        give_layer_mpp(layer, mpp)
         self.viewer.reset_view()
         notify_info(f"{layer.name}: resolution set to {mpp:g} µm/px")
         self._show_facts()

@@ -10,30 +10,66 @@ none), runs "Train teacher" / "Distil student" on all prepared slides with label
 ticked (:func:`~napari_milkd.core.session.slide_group.group_train_job`: one model, every slide's map),
 and shows each slide's new masks on that slide's layers (``"<slide> teacher mask"``), reviewed slide by
 slide by choosing the slide in the list. Closing the widget gives every project's lock back.
+
+*Open manifest…* opens a ``milkd train --slides`` manifest (a group's own ``manifest.csv`` too) as a
+group: every slide not open yet is opened with milkd's reader (given the manifest's µm/px where the file
+has none), then a worker prepares each at the dock's working resolution and tile size and makes its
+weak labels what the headless trainer makes of its row
+(:func:`~napari_milkd.core.session.slide_group.open_manifest_slides`); each slide's layers are then put
+in steps, as after *Prepare slide*. A slide already prepared in the dock keeps its session and only gets
+the manifest's labels. A manifest that cannot be read is one error notification and opens nothing; a
+slide failing while it is prepared stops the job with one (the slide layers opened stay, unprepared).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QCheckBox, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_milkd._widget.qt_helpers import notify_error, notify_info
+from napari_milkd._layers import MICROMETRES, SLIDE_META
+from napari_milkd._widget.qt_helpers import error_text, notify_error, notify_info, notify_warning
 from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
-from napari_milkd.core.errors import MilkdError
-from napari_milkd.core.session.slide_group import GroupOutput, group_train_job
+from napari_milkd._widget.slide_open import PLUGIN
+from napari_milkd.core.errors import InputError, MilkdError
+from napari_milkd.core.session.slide_group import (
+    GroupOutput,
+    ManifestSlide,
+    OpenedSlide,
+    check_held_session,
+    group_train_job,
+    open_manifest_slides,
+    read_manifest_group,
+    take_manifest_labels,
+)
+from napari_milkd.core.session.weak_labels import REGIONS_RULE
 
 if TYPE_CHECKING:
+    from napari_milkd._widget.background import Background, Steps
     from napari_milkd._widget.slide_buttons import SlideState
     from napari_milkd.core.session.slide_session import AcceptedMap, SlideSession
 
 TRAIN_ALL = "Train on all prepared slides"
 NEEDS_TWO = "prepare two or more slides and label them (both kinds of bag over all of them) first"
+OPEN_MANIFEST = "Open manifest…"
+MANIFEST_FILTER = "Slide manifests (*.csv);;All files (*)"
+MANIFEST_MPP_HINT = "give its level-0 µm/px in the manifest's mpp column"
 
 
 def slide_state(session: SlideSession | None) -> str:
@@ -45,6 +81,20 @@ def slide_state(session: SlideSession | None) -> str:
     return f"prepared · {positive} positive / {negative} negative bags" + (
         f" · {', '.join(models)}" if models else ""
     )
+
+
+def give_layer_mpp(layer: Any, mpp: float) -> None:
+    """A µm/px the slide file lacks, given by the user (or a manifest's ``mpp`` column): the slide layer
+    gets it (facts, scale, units), marked as the user's."""
+    facts = dict(layer.metadata[SLIDE_META])
+    facts.update(mpp_x=mpp, mpp_y=mpp, mpp_source="user", mpp_known=True)
+    layer.metadata = {**layer.metadata, SLIDE_META: facts}
+    layer.scale = (mpp, mpp)
+    layer.units = MICROMETRES
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _close_all(kept: dict[str, tuple[str, SlideSession]]) -> None:
@@ -67,10 +117,19 @@ class SlideList(QWidget):
         self.train_all = QCheckBox(TRAIN_ALL)
         self.train_all.setEnabled(False)
         self.train_all.setToolTip(NEEDS_TWO)
+        self.open_manifest = QPushButton(OPEN_MANIFEST)
+        self.open_manifest.setToolTip(
+            "Open the slides of a 'milkd train --slides' manifest (or a slide group's manifest.csv) with "
+            "their annotations as weak labels, prepared at the working resolution and tile size below"
+        )
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.list)
-        layout.addWidget(self.train_all)
+        row = QHBoxLayout()
+        row.addWidget(self.train_all)
+        row.addStretch(1)
+        row.addWidget(self.open_manifest)
+        layout.addLayout(row)
 
     def show_rows(self, rows: list[tuple[str, str]], current: str | None, *, group_ready: bool) -> None:
         """Show ``rows`` (layer name, state) with ``current`` chosen; the box is enabled when
@@ -118,7 +177,6 @@ class SlideGroupPart:
         slide_list: SlideList
         layers: Any
         training: Any
-        jobs: Any
         layer_combo: Any
         result_note: Any
         review_note: Any
@@ -128,7 +186,14 @@ class SlideGroupPart:
 
         destroyed: Any
 
+        target_spin: Any
+        tile_spin: Any
+        bag_rule_combo: Any
+        _planned: tuple[str, SlideSession] | None
+        jobs: Background
+
         def selected_layer(self) -> Any: ...
+        def _adopt_steps(self, prepared: Any) -> Steps: ...
         def _save_now(self) -> None: ...
         def _flush_edits(self) -> None: ...
         def _update_bag_note(self) -> None: ...
@@ -145,6 +210,9 @@ class SlideGroupPart:
         self._switch_timer = QTimer(self, singleShot=True, interval=0)  # type: ignore[call-overload]
         self._switch_timer.timeout.connect(self._switch_to_selected)
         self.slide_list.list.currentRowChanged.connect(self._row_chosen)
+        self.slide_list.open_manifest.clicked.connect(self._open_manifest_dialog)
+        # Ticking the box changes what Train teacher / Distil student need (bags over all slides).
+        self.slide_list.train_all.toggled.connect(self._group_box_toggled)
         self.layer_combo.currentIndexChanged.connect(self._switch_to_selected)
         # Closing the viewer destroys the widget: every kept session saves and gives its lock back too.
         self.destroyed.connect(lambda *_, kept=self._kept: _close_all(kept))
@@ -189,12 +257,16 @@ class SlideGroupPart:
         )
         self.slide_list.show_rows(rows, self.layer_combo.currentText(), group_ready=ready)
         self.slide_list.list.setEnabled(not self.busy)
+        self.slide_list.open_manifest.setEnabled(not self.busy)
         # The combo can change without a signal (a slide opened): follow it once control returns to Qt.
         layer = self.selected_layer()
         path = None if layer is None else str(info_from_layer(layer).path)
         current = self.session
         if not self.busy and (path in self._kept or (current is not None and current.slide_path != path)):
             self._switch_timer.start()
+
+    def _group_box_toggled(self, *_: object) -> None:
+        self._update_buttons()
 
     def _row_chosen(self, *_: object) -> None:
         name = self.slide_list.chosen()
@@ -325,3 +397,125 @@ class SlideGroupPart:
             self.session = before
             if before_name is not None:
                 self.layers.attach(before_name, before_downsample)
+
+    # --- a manifest opened as a group ------------------------------------------------------------
+
+    def _open_manifest_dialog(self) -> None:
+        start = getattr(self, "_last_manifest_folder", "")
+        path = QFileDialog.getOpenFileName(self, "Open a slide manifest", start, MANIFEST_FILTER)[0]  # type: ignore[arg-type]
+        if path:
+            self._last_manifest_folder = str(Path(path).parent)
+            self.open_manifest(path)
+
+    def open_manifest(self, path: str | Path) -> None:
+        """Open the slides of the ``milkd train --slides`` manifest ``path`` as a group: each prepared at
+        the dock's working resolution and tile size with its row's annotations as weak labels (replacing
+        the weak labels its project had; *Undo import* takes them back on the chosen slide). Checks and
+        opens the slide layers now; prepares and reads the annotations in a worker; puts each slide's
+        layers in steps. Any problem is one error notification."""
+        if self._refuse_when_busy():
+            return
+        self._flush_edits()
+        self._save_now()
+        name = Path(path).name
+        work_mpp, tile = float(self.target_spin.value()), int(self.tile_spin.value())
+        held = {p: s for p, (_, s) in self.sessions().items()}
+        try:
+            entries = read_manifest_group(path)
+            for entry in entries:
+                session = next((s for p, s in held.items() if _same_file(p, entry.path)), None)
+                if session is not None:
+                    check_held_session(session, entry, work_mpp, tile)
+            entries, names = self._manifest_layers(entries)
+        except (MilkdError, OSError, ValueError) as exc:
+            notify_error(f"cannot open the manifest {name}: {error_text(exc)}", str(path))
+            return
+        call = partial(
+            open_manifest_slides,
+            entries,
+            work_mpp=work_mpp,
+            tile=tile,
+            root=self.projects_root,
+            held=held,
+            mpp_hint=MANIFEST_MPP_HINT,
+        )
+        self.jobs.run(
+            call,
+            text=f"opening {len(entries)} slides of {name}: tissue, tiles, weak labels…",
+            done=lambda opened: self._manifest_steps(opened, names, name),
+            failed=f"cannot open the manifest {name}",
+        )
+
+    def _manifest_layers(self, entries: list[ManifestSlide]) -> tuple[list[ManifestSlide], dict[str, str]]:
+        """The slide layer of every manifest row, opened with milkd's reader when not open yet, given the
+        manifest's µm/px where the file has none; returns the rows with the layers' slide paths and
+        slide path → layer name. A layer open at another µm/px than the manifest's is refused."""
+        out, names = [], {}
+        for entry in entries:
+            layer = next(
+                (
+                    lay
+                    for lay in slide_layers(self.viewer)
+                    if _same_file(info_from_layer(lay).path, entry.path)
+                ),
+                None,
+            )
+            if layer is not None and entry.slide_mpp is not None and info_from_layer(layer).has_mpp:
+                shown = float(info_from_layer(layer).mpp or 0.0)
+                if not math.isclose(shown, entry.slide_mpp, rel_tol=0.01):
+                    raise InputError(
+                        f"{layer.name} is open at {shown:g} µm/px; the manifest says {entry.slide_mpp:g}: "
+                        "fix one of them"
+                    )
+            if layer is None:
+                layer = next(
+                    lay for lay in self.viewer.open(entry.path, plugin=PLUGIN) if SLIDE_META in lay.metadata
+                )
+            if entry.slide_mpp is not None and not info_from_layer(layer).has_mpp:
+                give_layer_mpp(layer, entry.slide_mpp)
+            path = str(info_from_layer(layer).path)
+            out.append(replace(entry, path=path))
+            names[path] = layer.name
+        return out, names
+
+    def _manifest_steps(self, opened: list[OpenedSlide], names: dict[str, str], manifest: str) -> Steps:
+        """The manifest's slides are prepared and labelled: each becomes the dock's session in turn, its
+        layers put as after Prepare (one per step); the last one stays chosen, the others are kept."""
+        from napari_milkd._widget.slide_widget import _Prepared
+
+        done: list[str] = []
+        for k, item in enumerate(opened):
+            session, name = item.session, names.get(item.entry.path)
+            if name is None or name not in self.viewer.layers:  # its layer was deleted meanwhile
+                if item.new:
+                    session.close()
+                continue
+            try:
+                taken = item.taken
+                if taken is None:  # a slide prepared in the dock before: its session takes the labels
+                    taken = take_manifest_labels(session, item.regions)
+                    session.save()
+            except (MilkdError, OSError) as exc:
+                notify_error(f"{name}: {error_text(exc)}")
+                continue
+            for warning in item.warnings[:3]:
+                notify_warning(f"{name}: {warning}")
+            self.layer_combo.setCurrentText(name)
+            self._planned = (name, session)
+            assert session.work is not None
+            yield from self._adopt_steps(_Prepared(session.work, list(item.restored), True, ((), ())))
+            replaced = not item.new or any(r.startswith("weak labels") for r in item.restored)
+            changed = (
+                f", {taken.changed} px of its weak labels replaced" if taken.changed and replaced else ""
+            )
+            done.append(f"{name}: {taken.positive} positive / {taken.negative} negative bags{changed}")
+            if k < len(opened) - 1:
+                yield
+        if self.bag_rule_combo.currentData() != REGIONS_RULE.name:
+            self.bag_rule_combo.setCurrentIndex(self.bag_rule_combo.findData(REGIONS_RULE.name))
+        if done:
+            notify_info(
+                f"opened {len(done)} slides of {manifest} as a group — tick '{TRAIN_ALL}' to train on them",
+                "; ".join(done),
+            )
+        self.refresh_slide_list()

@@ -19,6 +19,17 @@ size. Validation is by slide (:func:`~napari_milkd.core.session.cohort_training.
 three or more slides; with two, holding one out would train on the other alone, so the bags of each
 slide are split instead (said in :attr:`GroupOutput.how`).
 
+The reverse, a ``milkd train --slides`` manifest opened as a group (:func:`read_manifest_group`,
+:func:`open_manifest_slides`, :func:`open_manifest_group`): each row's slide becomes a prepared session
+(its project restored, opened under the manifest's µm/px rule: the ``mpp`` column only fills a slide that
+records none), and its weak labels become exactly what ``milkd train --slides`` makes of the row
+(:func:`~napari_milkd.core.session.cohort_training.slide_regions`: the default class map or the one
+given, exclusions erased, ``label=negative`` = all tissue tumour-free), counted with the headless path's
+bag rule (:data:`~napari_milkd.core.session.weak_labels.REGIONS_RULE`). They *replace* the weak labels
+the project had, as one import (:meth:`SlideSession.undo_import` takes it back). The ``split`` column is
+the headless trainer's; a group trained in the widget makes its own split. A group's own manifest opens
+back as the same group (same slides, same weak labels: its GeoJSONs follow the map's pixel edges).
+
 Threading as in :mod:`.slide_session`: :func:`group_train_job` checks and copies on the caller's thread
 and returns a job generator (events: :class:`~.labels.ReadingTiles`, training events, map previews of
 one slide, the other slides' prediction progress) that may run in a worker; hand its
@@ -34,7 +45,7 @@ import io
 import math
 import re
 import shutil
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,16 +59,18 @@ from napari_milkd.core.engine.datasets import BagSet
 from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.errors import InputError, WriteError
 from napari_milkd.core.progress import relay
-from napari_milkd.core.session.cohort_manifest import TrainingSlide
+from napari_milkd.core.session.cohort_manifest import TrainingSlide, read_training_manifest, slide_mpp
 from napari_milkd.core.session.cohort_training import (
     DEFAULT_MAX_BAGS_PER_SLIDE,
     SlideBags,
     read_slide_bags,
+    slide_regions,
     split_by_slide,
 )
 from napari_milkd.core.session.jobs import StageOutput, predict_stage_map, train_stage_job
 from napari_milkd.core.session.labels import ReadingTiles
-from napari_milkd.core.session.project import project_name, projects_root
+from napari_milkd.core.session.project import Project, project_name, projects_root
+from napari_milkd.core.session.slide_session import ImportedRegions, ImportSummary, SlideSession
 from napari_milkd.core.session.weak_labels import (
     REGION_FREE,
     REGION_TUMOUR,
@@ -67,10 +80,10 @@ from napari_milkd.core.session.weak_labels import (
 )
 from napari_milkd.core.slides.geometry import SlideWork
 from napari_milkd.core.slides.sample import is_sample_slide
-from napari_milkd.core.slides.slide import open_slide
+from napari_milkd.core.slides.slide import open_slide, resolve_slide_path
 
 if TYPE_CHECKING:
-    from napari_milkd.core.session.slide_session import AcceptedMap, SlideSession
+    from napari_milkd.core.session.slide_session import AcceptedMap
 
 #: Folder of the groups inside the projects folder.
 GROUPS_FOLDER = "groups"
@@ -403,3 +416,198 @@ def write_group_manifest(
     except OSError as exc:
         raise WriteError(f"could not write the group's manifest in {folder}: {exc.strerror or exc}") from exc
     return manifest
+
+
+# --- a ``milkd train --slides`` manifest opened as a group ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestSlide:
+    """One row of a training manifest, ready to open: the row, the slide's path as a session and a
+    slide layer know it (absolute; a DICOM folder's largest file), the µm/px to open it with (the
+    manifest's ``mpp``, only for a slide that records none: :func:`~.cohort_manifest.slide_mpp`) and
+    that rule's warning, if any."""
+
+    row: TrainingSlide
+    path: str
+    slide_mpp: float | None
+    warning: str | None
+
+    @property
+    def name(self) -> str:
+        """The slide's file name."""
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class ManifestLabels:
+    """What taking a manifest row's weak labels did to a session: weak-label pixels changed (0 when the
+    session already had exactly these labels) and the bags they now give."""
+
+    changed: int
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True)
+class OpenedSlide:
+    """A manifest slide opened as a prepared session: its row, the session (``new``: made and prepared
+    here; else a session given in ``held``), its weak labels as ``milkd train --slides`` makes them
+    (``regions``), what the project restored, one-line warnings (µm/px rule, unknown classes, skipped
+    objects), and ``taken``: the labels already in the session (new sessions), None when the caller still
+    has to :func:`take_manifest_labels` (held sessions: their owner's thread does it)."""
+
+    entry: ManifestSlide
+    session: SlideSession
+    regions: np.ndarray
+    new: bool
+    restored: tuple[str, ...]
+    warnings: tuple[str, ...]
+    taken: ManifestLabels | None
+
+
+def read_manifest_group(manifest: str | Path) -> list[ManifestSlide]:
+    """The rows of a ``milkd train --slides`` manifest (checked by
+    :func:`~.cohort_manifest.read_training_manifest`), each with the µm/px its slide opens with under the
+    one µm/px rule (opens each slide's header; a slide with no µm/px anywhere is a :class:`SlideError`
+    telling to fill the ``mpp`` column)."""
+    out = []
+    for row in read_training_manifest(manifest):
+        given, warning = slide_mpp(row.slide, row.mpp)
+        path = str(resolve_slide_path(row.slide.expanduser().resolve()))
+        out.append(ManifestSlide(row, path, given, warning))
+    return out
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def take_manifest_labels(session: SlideSession, regions: np.ndarray) -> ManifestLabels:
+    """Make ``regions`` (a manifest row's weak labels at the session's working geometry) the session's
+    weak labels, counted with the headless path's rule (:data:`REGIONS_RULE`, remembered by the project):
+    they replace what it had, as one import (:meth:`SlideSession.undo_import` takes it back). On the
+    thread that owns the session."""
+    work = session.work
+    if work is None or session.weak is None:
+        raise InputError(f"prepare {Path(session.slide_path).name} first")
+    if regions.shape != work.shape:
+        raise InputError(
+            f"{Path(session.slide_path).name} was prepared again while the manifest was read: open it again"
+        )
+    changed = int(np.count_nonzero(session.weak != regions))
+    if session.bag_rule.name != REGIONS_RULE.name:
+        session.set_bag_rule(REGIONS_RULE.name)
+    rows, cols = work.shape
+    summary = ImportSummary(0, ())  # not shown: the manifest's rows are summarised by the caller
+    labels = regions.astype(np.uint8, copy=True)
+    session.apply_import(ImportedRegions(labels, labels == 0, (0, 0, rows, cols), work.shape, summary))
+    positive, negative = session.bags
+    return ManifestLabels(changed, positive, negative)
+
+
+def _manifest_regions(
+    entry: ManifestSlide, session: SlideSession, class_map: Mapping[str, str] | None
+) -> tuple[np.ndarray, list[str]]:
+    """The row's weak-label map at the session's geometry, as ``milkd train --slides`` makes it."""
+    assert session.work is not None and session.tissue is not None
+    source = open_slide(session.slide_path, mpp=session.slide_mpp)
+    try:
+        return slide_regions(entry.row, source, session.work, session.tissue, class_map)
+    finally:
+        source.close()
+
+
+def open_manifest_slides(
+    slides: Sequence[ManifestSlide],
+    *,
+    work_mpp: float,
+    tile: int,
+    root: str | Path | None = None,
+    class_map: str | Path | Mapping[str, str] | None = None,
+    held: Mapping[str, SlideSession] | None = None,
+    mpp_hint: str = "give its level-0 µm/px in the manifest's mpp column",
+) -> list[OpenedSlide]:
+    """Open every slide of ``slides`` (:func:`read_manifest_group`) as a session prepared at ``work_mpp``
+    µm/px with ``tile``-px tiles, with the row's weak labels (see the module docstring).
+
+    A slide without a session in ``held`` (slide path → session, e.g. the widget's) gets a new one, in its
+    project under ``root`` (default :func:`~.project.projects_root`), prepared (its saved work restored,
+    its lock taken) and given its labels and saved here; a held one must already be prepared at that
+    geometry and µm/px (else a one-line :class:`InputError`): only its labels are read, and its owner
+    takes them (:func:`take_manifest_labels`). Reads, plans and writes only new sessions: safe in a
+    worker. On an error the new sessions made so far are closed (their locks given back)."""
+    from napari_milkd.core.annotations.io import class_map_from
+
+    mapping = class_map_from(class_map)
+    held = dict(held or {})
+    opened: list[OpenedSlide] = []
+    made: list[SlideSession] = []
+    try:
+        for entry in slides:
+            session = next((s for p, s in held.items() if _same_path(p, entry.path)), None)
+            warnings = [entry.warning] if entry.warning else []
+            restored: list[str] = []
+            if session is not None:
+                check_held_session(session, entry, work_mpp, tile)
+            else:
+                session = SlideSession(
+                    entry.path,
+                    slide_mpp=entry.slide_mpp,
+                    project=Project.for_slide(entry.path, root),
+                    mpp_hint=mpp_hint,
+                    bag_rule=REGIONS_RULE.name,
+                )
+                made.append(session)
+                restored = session.prepare(work_mpp, tile)
+            regions, notes = _manifest_regions(entry, session, mapping)
+            warnings += notes
+            taken = None
+            if session in made:
+                taken = take_manifest_labels(session, regions)
+                session.save()
+            opened.append(
+                OpenedSlide(entry, session, regions, session in made, tuple(restored), tuple(warnings), taken)
+            )
+    except BaseException:
+        for session in made:
+            session.close()
+        raise
+    return opened
+
+
+def check_held_session(session: SlideSession, entry: ManifestSlide, work_mpp: float, tile: int) -> None:
+    """Refuse (one-line :class:`InputError`) a session already open on ``entry``'s slide that is not
+    prepared at ``work_mpp`` µm/px with ``tile``-px tiles, or is open at another µm/px than the
+    manifest gives: it can take the row's labels only as it is."""
+    work = session.work
+    if work is None:
+        raise InputError(f"{entry.name} is open but not prepared: prepare it, or close it first")
+    if not math.isclose(work.grid.mpp, work_mpp, rel_tol=1e-3) or work.grid.tile != tile:
+        raise InputError(
+            f"{entry.name} is prepared at {work.grid.mpp:g} µm/px with {work.grid.tile} px tiles, not "
+            f"{work_mpp:g} µm/px with {tile} px: set those, or prepare it again first"
+        )
+    if entry.slide_mpp is not None and not math.isclose(
+        float(session.info.mpp or 0.0), entry.slide_mpp, rel_tol=0.01
+    ):
+        raise InputError(
+            f"{entry.name} is open at {session.info.mpp:g} µm/px; the manifest says {entry.slide_mpp:g}: "
+            "fix one of them"
+        )
+
+
+def open_manifest_group(
+    manifest: str | Path,
+    *,
+    work_mpp: float,
+    tile: int,
+    root: str | Path | None = None,
+    class_map: str | Path | Mapping[str, str] | None = None,
+) -> list[OpenedSlide]:
+    """:func:`read_manifest_group` then :func:`open_manifest_slides` (new sessions only), in one call
+    (headless use): every slide of ``manifest`` a prepared session with its row's weak labels, ready for
+    :func:`group_train_job`. Close the sessions when done."""
+    return open_manifest_slides(
+        read_manifest_group(manifest), work_mpp=work_mpp, tile=tile, root=root, class_map=class_map
+    )
