@@ -16,7 +16,13 @@ the row. Example (quick preset, weak model selection, three seeds)::
         --seeds 0 1 2 --tag quick -- --preset quick --device cpu
 
 A run folder that already holds a finished ``milkd evaluate`` result is not trained again (``--fresh``
-retrains), so an interrupted table continues where it stopped.
+retrains), so an interrupted table continues where it stopped. ``--skip-full`` trains only the weak run.
+
+Model selection: every epoch of a run records every validation criterion (``val`` in ``history.jsonl``:
+``weak``, ``agreement``, and ``masks`` = validation-mask F1 since the runner passes ``--masks``), so each
+record also holds, per criterion, the epoch it would keep and that epoch's validation-mask F1
+(``criteria``), and the Markdown gets a second table comparing them; the held-out scores are those of the
+model the run actually selected (its ``select_on``, e.g. ``-- --select-on agreement``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: The held-out patients of docs/benchmarks.md's GlaS table (24 images: 12 malignant, 12 benign).
 TEST_PATIENTS = ("3", "4", "5", "6", "11")
 METRICS = ("f1_pos", "iou_pos", "hd95_pos", "f1_neg")
+#: Model-selection criteria the engine records per epoch (``"val"`` in ``history.jsonl``).
+CRITERIA = ("weak", "agreement", "masks")
 MILKD = [sys.executable, "-m", "napari_milkd"]
 
 
@@ -98,6 +106,48 @@ def selected_epochs(run: Path) -> dict[str, int]:
     return out
 
 
+def _history(run: Path) -> list[dict[str, Any]]:
+    history = run / "history.jsonl"
+    if not history.is_file():
+        return []
+    return [json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def criterion_picks(run: Path) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per stage and criterion: the epoch the criterion picks in ``run``'s history, its validation-mask F1.
+
+    ``{stage: {criterion: {"epoch": e, "val_masks": f1}}}``: the first epoch with the stage's highest
+    recorded value of the criterion (as the trainer keeps the first best), and the validation-mask score
+    (``"masks"``: mean per-image F1, tumour on positives, background on negatives) recorded for that epoch
+    (``None`` when the validation bags had no masks). Only the criterion the run selected on shaped the
+    run (the student's role reversals follow it); the others say which epoch of the same run they would
+    have kept. Runs from before the per-epoch record have no ``"val"`` and give ``{}``.
+    """
+    picks: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    history = _history(run)
+    for stage in dict.fromkeys(h.get("stage") for h in history):
+        rows = [h for h in history if h.get("stage") == stage and isinstance(h.get("val"), dict)]
+        for name in CRITERIA:
+            scored = [h for h in rows if h["val"].get(name) is not None]
+            if not scored:
+                continue
+            best = max(scored, key=lambda h: h["val"][name])  # max keeps the first of equal values
+            picks.setdefault(str(stage), {})[name] = {
+                "epoch": int(best["epoch"]),
+                "val_masks": best["val"].get("masks"),
+                "n_epochs": len(rows),
+            }
+    return picks
+
+
+def select_on(run: Path) -> str | None:
+    """The criterion the run selected on (its ``config.json``)."""
+    config = run / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("config", {}).get("select_on")
+
+
 def card() -> dict[str, Any]:
     """Where the numbers were made: machine, cores, torch, date."""
     import os
@@ -120,7 +170,8 @@ def one_seed(args: argparse.Namespace, seed: int, trainval: Path, test: Path) ->
         "--label-column", args.label_column, "--positive", args.positive,
     ]  # fmt: skip
     records = []
-    for kind, extra in (("weak", []), ("full", ["--supervision", "full"])):
+    kinds: list[tuple[str, list[str]]] = [("weak", []), ("full", ["--supervision", "full"])]
+    for kind, extra in kinds[:1] if args.skip_full else kinds:
         run = args.out / f"{args.tag}-{kind}-seed{seed}"
         result_file = run / "evaluate.json"
         t0 = time.perf_counter()
@@ -143,7 +194,9 @@ def one_seed(args: argparse.Namespace, seed: int, trainval: Path, test: Path) ->
         wall_file = run / "wall_s.txt"
         wall = float(wall_file.read_text()) if wall_file.is_file() else float("nan")
         results = json.loads(result_file.read_text(encoding="utf-8"))
+        picks = criterion_picks(run)
         for role, metrics in results.items():
+            criteria = picks.get("full" if kind == "full" else role, {})
             if metrics is None:
                 continue
             model = "full supervision" if kind == "full" else f"weak {role}"
@@ -151,6 +204,7 @@ def one_seed(args: argparse.Namespace, seed: int, trainval: Path, test: Path) ->
                 {
                     "tag": args.tag, "seed": seed, "model": model, "run": str(run),
                     "train_args": args.train_args, "selected": selected_epochs(run),
+                    "select_on": select_on(run), "criteria": criteria,
                     "wall_s": round(wall, 1), **{k: metrics.get(k) for k in (*METRICS, "n_pos", "n_neg")},
                 }
             )  # fmt: skip
@@ -182,7 +236,45 @@ def table(records: list[dict[str, Any]], trivial: dict[str, Any], info: dict[str
         lines.append(f"| {tag} | {model} | {len(rows)} | " + " | ".join(cells) + f" | {walls} |")
     cells = [("—" if trivial.get(m) is None else f"{trivial[m]:.3f}") for m in METRICS]
     lines.append("| — | trivial line: malignant images all tumour | — | " + " | ".join(cells) + " | 0 |")
+    lines += selection_table(records)
     return "\n".join(lines) + "\n"
+
+
+def selection_table(records: list[dict[str, Any]]) -> list[str]:
+    """Per (tag, model) and criterion: the epoch it picks per seed and that epoch's validation-mask F1.
+
+    Read from each run's history (every criterion is recorded every epoch), so one run compares them all;
+    ``test F1_pos`` is the held-out score of the model the run actually selected (its ``select_on``).
+    """
+    rows = [r for r in records if r.get("criteria")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Model selection (from each run's history; validation-mask F1 = mean per-image F1 on the validation "
+        "split, tumour on positives, background on negatives; selected = the run's `select_on`):",
+        "",
+        "| tag | model | selected on | criterion | epochs picked (per seed) | val-mask F1 of the pick | "
+        "test F1_pos (selected model) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["tag"], r["model"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for tag, model in keys:
+        group = sorted((r for r in rows if (r["tag"], r["model"]) == (tag, model)), key=lambda r: r["seed"])
+        chosen = {str(r.get("select_on")) for r in group}
+        for name in CRITERIA:
+            picks = [r["criteria"].get(name) for r in group]
+            if not any(picks):
+                continue
+            epochs = ", ".join("—" if p is None else f"{p['epoch']}/{p['n_epochs']}" for p in picks)
+            f1 = mean_sd([p["val_masks"] for p in picks if p is not None and p["val_masks"] is not None])
+            test = "—"
+            if chosen == {name}:
+                test = mean_sd([r["f1_pos"] for r in group if r["f1_pos"] is not None])
+            lines.append(
+                f"| {tag} | {model} | {'/'.join(sorted(chosen))} | {name} | {epochs} | {f1} | {test} |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy")
     p.add_argument("--fresh", action="store_true", help="train again even where a result exists")
     p.add_argument("--trivial-only", action="store_true", help="only the trivial line (no training)")
+    p.add_argument(
+        "--skip-full",
+        action="store_true",
+        help="train only the weak run (the fully supervised reference does not depend on weak selection)",
+    )
     args = p.parse_args(argv)
     args.train_args = train_args
     if not (args.data / "images").is_dir():

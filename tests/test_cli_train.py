@@ -195,6 +195,7 @@ def test_full_supervision_run_reports_student(folder: Path, capsys: pytest.Captu
     ("change", "message"),
     [
         (["--backbone", "resnet"], "unknown backbone"),
+        (["--net", "cam"], "unknown MIL net 'cam'"),
         (["--label-column", "grade"], "no column 'grade'"),
         (["--positive", "cancer"], "no positive bag"),
         (["--weights", "/nonexistent/vgg16.pth"], "weights file not found"),

@@ -86,6 +86,7 @@ def test_a_reopened_project_comes_back_as_it_was(make_napari_viewer, qtbot, fres
     qtbot.waitUntil(lambda: widget.session is not None and widget.training.worker is None, timeout=60_000)
     widget.bag_rule_combo.setCurrentIndex(widget.bag_rule_combo.findData("regions"))
     widget.training.backbone_combo.setCurrentText("tiny")
+    widget.training.net_combo.setCurrentText("sa_mil")
     widget.training.teacher_epochs.value = 3
     widget.training.student_epochs.value = 7
     weak = viewer.layers[WEAK]
@@ -107,6 +108,7 @@ def test_a_reopened_project_comes_back_as_it_was(make_napari_viewer, qtbot, fres
     assert (widget.target_spin.value(), widget.tile_spin.value()) == (2.0, 64)
     assert widget.bag_rule_combo.currentData() == "regions" and widget.session.bag_rule.name == "regions"
     assert widget.training.backbone_combo.currentText() == "tiny"
+    assert widget.training.net_combo.currentText() == "sa_mil" and widget.training.config(64).net == "sa_mil"
     assert (widget.training.teacher_epochs.value, widget.training.student_epochs.value) == (3, 7)
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert any(m.startswith("milkd: as saved:") and "backbone tiny" in m for m in messages), messages

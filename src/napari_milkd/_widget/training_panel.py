@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgres
 from napari_milkd._widget.qt_helpers import LazyComboBox, LossPlot, notify_error
 from napari_milkd.core import progress
 from napari_milkd.core.engine import presets
-from napari_milkd.core.engine.config import EpochEnd, TrainConfig
+from napari_milkd.core.engine.config import NETS, EpochEnd, TrainConfig
 from napari_milkd.core.runtime import free_device_memory
 
 #: The preset the form starts from (what the widget and `milkd demo` use).
@@ -62,6 +62,13 @@ class TrainingPanel(QWidget):
             "efficientnet_lite0: ImageNet weights shipped with the plugin; vgg16: the paper's (needs its "
             "weights file or a network connection); tiny: seconds on a CPU, for trying things out"
         )
+        self.net_combo = QComboBox()
+        self.net_combo.addItems(NETS)
+        self.net_combo.setCurrentText(defaults.net)
+        self.net_combo.setToolTip(
+            "The MIL net of teacher and student. dws_mil: deeply supervised side outputs (the paper's); "
+            "sa_mil: the same with self-attention on the deepest features (after SA-MIL)"
+        )
         self.device_combo = LazyComboBox(self._fill_devices)
         self.device_combo.addItem("auto", "auto")
         self.device_combo.addItem("cpu", "cpu")
@@ -88,6 +95,7 @@ class TrainingPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Backbone", self.backbone_combo)
+        form.addRow("MIL net", self.net_combo)
         form.addRow("Device", self.device_combo)
         epochs = QHBoxLayout()
         for name in ("teacher_epochs", "student_epochs"):
@@ -101,13 +109,18 @@ class TrainingPanel(QWidget):
         self.destroyed.connect(lambda *_, holder=self._holder: holder[0] and holder[0].quit())
 
     def apply_settings(self, saved: dict[str, Any]) -> list[str]:
-        """Set the backbone and the numbers to what a project saved (``SlideSession.training_settings``);
-        values that are missing or out of range are left as they are. Returns what changed, in words."""
+        """Set the backbone, the MIL net and the numbers to what a project saved
+        (``SlideSession.training_settings``); values that are missing or out of range are left as they
+        are. Returns what changed, in words."""
         changed: list[str] = []
         backbone = saved.get("backbone")
         if backbone in BACKBONES and backbone != self.backbone_combo.currentText():
             self.backbone_combo.setCurrentText(backbone)
             changed.append(f"backbone {backbone}")
+        net = saved.get("net")
+        if net in NETS and net != self.net_combo.currentText():
+            self.net_combo.setCurrentText(net)
+            changed.append(f"MIL net {net}")
         for name, widget in self.numbers.items():
             value = saved.get(name)
             valid = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= widget.max
@@ -138,6 +151,7 @@ class TrainingPanel(QWidget):
         return presets.schedule(
             self.preset,
             backbone=self.backbone_combo.currentText(),
+            net=self.net_combo.currentText(),
             size=int(size),
             device=str(self.device_combo.currentData() or "auto"),
             **{name: int(widget.value) for name, widget in self.numbers.items()},

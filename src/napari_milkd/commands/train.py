@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_milkd.core.engine.config import BACKBONES
+from napari_milkd.core.engine.config import BACKBONES, NETS
 from napari_milkd.core.engine.presets import PRESET_NAMES, schedule
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import InputError, write_error
@@ -53,6 +53,7 @@ DEFAULT_MAX_BAGS_PER_SLIDE = 512
 #: The flags a preset sets and an explicit value overrides (argparse dest → TrainConfig field).
 _SCHEDULE_FLAGS = (
     "backbone",
+    "net",
     "weights",
     "size",
     "batch_size",
@@ -148,6 +149,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--backbone", default=None, help=f"one of {', '.join(BACKBONES)} (default: the preset's)")
     p.add_argument(
+        "--net",
+        default=None,
+        help="MIL segmentation net of teacher and student: dws_mil (deeply supervised side outputs, the "
+        "paper's) or sa_mil (the same with self-attention on the deepest features); default dws_mil",
+    )
+    p.add_argument(
         "--weights",
         default=None,
         help="'default', 'imagenet', 'random', or an encoder weights file (default: 'default')",
@@ -168,7 +175,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--switch-from", type=int, default=None, help="first role-reversal epoch (default: K)")
     p.add_argument("--supervision", choices=("weak", "full"), default="weak")
-    p.add_argument("--select-on", choices=("weak", "masks"), default="weak", help="validation criterion")
+    p.add_argument(
+        "--select-on",
+        choices=("weak", "agreement", "masks"),
+        default=None,
+        help="model-selection criterion on the validation split: weak (validation loss), agreement (weak "
+        "labels only: false-positive area on negatives, tumour found / agreement with the first teacher on "
+        "positives, hand corrections), masks (F1 on validation masks, needs --masks); default: the preset's",
+    )
     p.add_argument("--val-fraction", type=float, default=None, help="default: the preset's (0.2)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     p.add_argument(
@@ -231,6 +245,19 @@ def _refuse(out: Path, what: str, then: Any = None, now: Any = None) -> InputErr
 def _has_run(out: Path, checkpoints: tuple[Path, ...]) -> bool:
     """Whether ``out`` already holds (part of) a run: a checkpoint or its ``config.json``."""
     return any(c.exists() for c in checkpoints) or (out / "config.json").is_file()
+
+
+def _select_on(args: argparse.Namespace) -> str | None:
+    """``--select-on``, else, for ``--resume``, the criterion the run in ``--out`` was started with (a run
+    from before the default became ``agreement`` resumes as it was), else ``None`` (the preset's)."""
+    if args.select_on is not None or not args.resume:
+        return args.select_on
+    try:
+        record = json.loads((Path(args.out) / "config.json").read_text(encoding="utf-8"))
+        saved = record["config"]["select_on"]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return saved if saved in ("weak", "agreement", "masks") else None
 
 
 def _is_run_record(path: Path) -> bool:
@@ -343,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     check_folder_arguments(args, masks_required=False)
     if args.backbone is not None and args.backbone not in BACKBONES:
         raise InputError(f"unknown backbone {args.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if args.net is not None and args.net not in NETS:
+        raise InputError(f"unknown MIL net {args.net!r}; choose one of {', '.join(NETS)}")
     if args.slides is not None:
         return _run_slides(args)
     slide_flags = ("work_mpp", "tile", "class_map", "max_bags_per_slide")
@@ -367,7 +396,7 @@ def _run_folder(args: argparse.Namespace) -> int:
         args.preset,
         **{flag: getattr(args, flag) for flag in _SCHEDULE_FLAGS},
         supervision=args.supervision,
-        select_on="masks" if args.supervision == "full" else args.select_on,
+        select_on="masks" if args.supervision == "full" else _select_on(args),
         device=args.device,
     )
     spec = ModelSpec.for_config(config, mpp=args.image_mpp)
@@ -492,7 +521,9 @@ def _run_slides(args: argparse.Namespace) -> int:
         raise InputError(f"--max-bags-per-slide must be at least 1, got {cap}")
     flags = {flag: getattr(args, flag) for flag in _SCHEDULE_FLAGS}
     flags["size"] = args.tile if args.tile is not None else args.size
-    config = schedule(args.preset, **flags, supervision="weak", select_on="weak", device=args.device)
+    config = schedule(
+        args.preset, **flags, supervision="weak", select_on=_select_on(args), device=args.device
+    )
     spec = ModelSpec.for_config(config, mpp=work_mpp)
     out = Path(args.out)
     teacher_ckpt, student_ckpt = out / "teacher.pt", out / "student.pt"
@@ -608,6 +639,7 @@ def _train(
                     "val_score": event.val_score,
                     "best_epoch": event.best_epoch,
                     "seconds": event.seconds,
+                    **({"val": dict(event.extra)} if event.extra else {}),
                 }
             )
         elif isinstance(event, RoleReversal) and history:

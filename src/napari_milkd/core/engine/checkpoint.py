@@ -53,7 +53,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": BACKBONES,
     "teacher_loss": ("dice", "gm_bce"),
     "supervision": ("weak", "full"),
-    "select_on": ("weak", "masks"),
+    "select_on": ("weak", "agreement", "masks"),
 }
 
 #: (lowest, highest) allowed per numeric config field (inclusive; None = unbounded).

@@ -15,6 +15,8 @@ Stage = Literal["teacher", "student", "full"]
 
 #: Backbone names :func:`napari_milkd.core.engine.models.build_model` accepts.
 BACKBONES: tuple[str, ...] = ("vgg16", "efficientnet_lite0", "tiny")
+#: MIL net names it accepts (``TrainConfig.net``), the default first.
+NETS: tuple[str, ...] = ("dws_mil", "sa_mil")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class TrainConfig:
     """
 
     backbone: str = "efficientnet_lite0"
+    #: The MIL segmentation net (teacher and student alike, so their roles can reverse): ``"dws_mil"``
+    #: (deeply supervised side outputs, the paper's) or ``"sa_mil"`` (the same with self-attention on the
+    #: deepest features, after SA-MIL). Checkpoints made before it existed are ``"dws_mil"``.
+    net: str = "dws_mil"
     weights: str = "default"
     size: int = 256
     batch_size: int = 16
@@ -54,9 +60,16 @@ class TrainConfig:
     #: bf16 autocast on CUDA (ignored elsewhere).
     amp: bool = True
     val_fraction: float = 0.2
-    #: Model selection on the validation split: ``"weak"`` (validation loss against bag labels / the first
-    #: teacher's pseudo-masks, no pixel labels) or ``"masks"`` (F1 against validation ground-truth masks).
-    select_on: str = "weak"
+    #: Model selection on the validation split (the epoch kept, and the student that becomes the teacher at
+    #: a role reversal): ``"agreement"`` (the default; weak labels only: 1 − tumour area called on
+    #: validation negatives, averaged with the area called on validation positives for the teacher or the
+    #: Dice with the first teacher's mask for the student; hand corrections on validation bags weigh half
+    #: when present; see ``train._Validator``), ``"weak"`` (minus the validation loss against bag labels /
+    #: the first teacher's pseudo-masks), or ``"masks"`` (F1 against validation ground-truth masks, an
+    #: oracle a user does not have). Every available criterion is recorded per epoch in the history
+    #: (``"val"``). Agreement is the default because it kept epochs with a higher validation-mask F1 than
+    #: weak selection on GlaS (docs/benchmarks.md, "model selection without masks").
+    select_on: str = "agreement"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (tuples become lists)."""

@@ -69,7 +69,7 @@ def new_model(config: TrainConfig, seed_offset: int = 0) -> DWSMILNet:
     """Build the configured net with a seeded initialisation (does not disturb the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + seed_offset)
-        return build_model(config.backbone, config.weights, config.fusion_weights)
+        return build_model(config.backbone, config.weights, config.fusion_weights, config.net)
 
 
 class _Runtime:
@@ -190,14 +190,62 @@ def _mask_score(prob: torch.Tensor, gt: torch.Tensor, labels: torch.Tensor, thre
     return torch.where(denom > 0, 2 * (p * g).sum(1) / denom.clamp_min(1), torch.ones_like(denom))
 
 
+#: Model-selection criteria a run can select on (``TrainConfig.select_on``); every one available is
+#: recorded for every epoch in the history (``"val"``), whichever drives the selection.
+SELECT_ON: tuple[str, ...] = ("weak", "agreement", "masks")
+
+#: Weight of the hand-corrected validation pixels in the ``"agreement"`` score when there are any.
+CORRECTION_WEIGHT = 0.5
+
+
+def _called_fraction(pred: torch.Tensor) -> torch.Tensor:
+    """Fraction of pixels called tumour per image (N,) of a boolean/0-1 (N, ...) mask."""
+    return pred.flatten(1).float().mean(1)
+
+
+def _binary_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice (N,) of two 0/1 masks; 1 where both are empty."""
+    p, t = pred.flatten(1).float(), target.flatten(1).float()
+    denom = p.sum(1) + t.sum(1)
+    return torch.where(denom > 0, 2 * (p * t).sum(1) / denom.clamp_min(1), torch.ones_like(denom))
+
+
 class _Validator:
-    """Scores a model on the validation bags (higher is better); never sees any other data."""
+    """Scores a model on the validation bags (higher is better); never sees any other data.
+
+    :meth:`scores` computes, from one forward pass, every criterion the validation bags allow:
+
+    * ``"weak"``: minus the MIL loss against the bag labels (teacher, fully supervised net), or minus the
+      distillation loss against the first teacher's fused maps (student; hand corrections override them);
+    * ``"agreement"``: weak information only, higher is better, in [0, 1] (formula below);
+    * ``"masks"``: the mean per-image F1 on the validation masks (tumour F1 on positive bags, background F1
+      on negative bags), only when the validation bags carry masks (an oracle a user does not have).
+
+    ``"agreement"`` = ``(1 − CORRECTION_WEIGHT) · W + CORRECTION_WEIGHT · H`` when hand corrections exist on
+    the validation bags, else ``W``, where ``W`` is the mean of the terms the split has:
+
+    * ``N = 1 − FP``, ``FP`` the mean fraction of pixels of a validation **negative** bag the fused mask
+      calls tumour (``prob ≥ threshold``): a negative bag holds no tumour, so every called pixel is wrong;
+    * ``P`` on validation **positive** bags: for the student, the mean Dice between its fused mask and the
+      first teacher's fused mask (both at ``threshold``; the maps the student is distilled from, frozen
+      before its first epoch, so role reversal does not move the reference); for the teacher (and the fully
+      supervised net), the mean fraction of the bag called tumour. A bag label says only "tumour is here";
+      the teacher cannot be judged on where without masks, but a teacher that stops calling tumour in
+      positive bags is failing, and ``P`` with ``N`` is the class-balanced pixel accuracy against the bag
+      labels at the operating threshold (what the user sees), where the MIL loss is a soft Dice of the
+      probabilities of every output;
+    * ``H``: class-balanced pixel accuracy (mean of tumour recall and background recall, over the classes
+      corrected) on the pixels of the validation bags that carry a hand correction (``hard_labels`` other
+      than ``IGNORE``).
+    """
 
     def __init__(self, val: BagSet | None, config: TrainConfig, rt: _Runtime, stage: str) -> None:
         self.config, self.rt, self.stage = config, rt, stage
-        self.use_masks = config.select_on == "masks" or stage == "full"
+        self.selected = "masks" if stage == "full" else config.select_on
+        self.use_masks = self.selected == "masks"
         self.enabled = val is not None and len(val) > 0
-        self.targets: torch.Tensor | None = None  # the first teacher's fused maps (student, weak selection)
+        self.targets: torch.Tensor | None = None  # the first teacher's fused maps (student)
+        self.last_scores: dict[str, float] = {}  # every criterion of the last ``score`` call
         if not self.enabled or val is None:
             return
         if self.use_masks and val.masks is None:
@@ -206,37 +254,89 @@ class _Validator:
         self.labels = torch.as_tensor(val.labels, dtype=torch.float32)
         self.masks = None if val.masks is None else torch.as_tensor(val.masks)
         self.hard = None if val.hard_labels is None else torch.as_tensor(val.hard_labels)
+        if self.hard is not None and not bool((self.hard != losses.IGNORE).any()):
+            self.hard = None  # nothing corrected: no H term
 
     def set_targets(self, teacher: torch.nn.Module) -> None:
         """Freeze the first teacher's fused maps on the validation bags as the student's weak reference."""
-        if self.enabled and not self.use_masks:
+        if self.enabled:
             self.targets = torch.cat(
                 [o.fused_prob.float().cpu() for _, o in _forward_all(teacher, self.images, self.rt, 32)]
             )
 
     def score(self, model: torch.nn.Module) -> float | None:
+        """The selection criterion (``config.select_on``; masks for the fully supervised net).
+
+        Every criterion of this pass is kept in ``last_scores`` (for the epoch's history record).
+        """
+        self.last_scores = self.scores(model)
+        return self.last_scores.get(self.selected)
+
+    def scores(self, model: torch.nn.Module) -> dict[str, float]:
+        """Every criterion available on the validation bags, plus the agreement's terms (``agreement_*``).
+
+        Empty without validation bags.
+        """
         if not self.enabled:
-            return None
-        total, count = 0.0, 0
+            return {}
+        cfg, thr = self.config, self.config.threshold
+        weak_sum, mask_sum, count = 0.0, 0.0, 0
+        fp_sum, n_neg, pos_sum, n_pos = 0.0, 0, 0.0, 0
+        hit = torch.zeros(2, dtype=torch.float64)  # corrected pixels called right: background, tumour
+        seen = torch.zeros(2, dtype=torch.float64)
+        weak_ok = self.stage != "student" or self.targets is not None
         for idx, out in _forward_all(model, self.images, self.rt, self.rt.batch_size):
-            dev = out.fused_prob.device
+            prob = out.fused_prob.float()
+            dev = prob.device
             labels = self.labels[idx].to(dev)
-            if self.use_masks:
-                assert self.masks is not None
+            pos = labels > 0.5
+            pred = prob >= thr
+            hard = None if self.hard is None else self.hard[idx].unsqueeze(1).to(dev)
+            if self.masks is not None:
                 gt = self.masks[idx].to(dev)
-                total += float(_mask_score(out.fused_prob.float(), gt, labels, self.config.threshold).sum())
-            else:
-                hard = None if self.hard is None else self.hard[idx].unsqueeze(1).to(dev)
+                mask_sum += float(_mask_score(prob, gt, labels, thr).sum())
+            if weak_ok:
                 if self.stage == "student":
                     assert self.targets is not None
-                    cfg = self.config
                     target = self.targets[idx].to(dev)
-                    loss = losses.student_loss(out, target, labels, hard, cfg.threshold, cfg.ce_weight)
+                    loss = losses.student_loss(out, target, labels, hard, thr, cfg.ce_weight)
                 else:
-                    loss = _teacher_loss(out, labels, self.config)
-                total -= float(loss) * len(idx)
+                    loss = _teacher_loss(out, labels, cfg)
+                weak_sum -= float(loss) * len(idx)
+            called = _called_fraction(pred)
+            fp_sum += float(called[~pos].sum())
+            n_neg += int((~pos).sum())
+            if self.stage == "student" and self.targets is not None:
+                agree = _binary_dice(pred, self.targets[idx].to(dev) >= thr)
+                pos_sum += float(agree[pos].sum())
+            else:
+                pos_sum += float(called[pos].sum())
+            n_pos += int(pos.sum())
+            if hard is not None:
+                for cls in (0, 1):
+                    where = hard == cls
+                    seen[cls] += float(where.sum())
+                    hit[cls] += float((where & (pred == bool(cls))).sum())
             count += len(idx)
-        return total / count
+        out_scores: dict[str, float] = {}
+        if weak_ok:
+            out_scores["weak"] = weak_sum / count
+        terms: list[float] = []
+        if n_neg:
+            out_scores["agreement_neg"] = 1 - fp_sum / n_neg
+            terms.append(out_scores["agreement_neg"])
+        if n_pos:
+            out_scores["agreement_pos"] = pos_sum / n_pos
+            terms.append(out_scores["agreement_pos"])
+        agreement = sum(terms) / len(terms)
+        if bool((seen > 0).any()):
+            recalls = [float(hit[c] / seen[c]) for c in (0, 1) if seen[c] > 0]
+            corrected = out_scores["agreement_corrected"] = sum(recalls) / len(recalls)
+            agreement = (1 - CORRECTION_WEIGHT) * agreement + CORRECTION_WEIGHT * corrected
+        out_scores["agreement"] = agreement
+        if self.masks is not None:
+            out_scores["masks"] = mask_sum / count
+        return out_scores
 
 
 def _teacher_loss(out: SegOutput, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -250,8 +350,11 @@ def _teacher_loss(out: SegOutput, labels: torch.Tensor, config: TrainConfig) -> 
 def _check_config(config: TrainConfig, train: BagSet) -> None:
     if config.supervision not in ("weak", "full"):
         raise InputError(f"supervision must be 'weak' or 'full', got {config.supervision!r}")
-    if config.select_on not in ("weak", "masks"):
-        raise InputError(f"select_on must be 'weak' or 'masks', got {config.select_on!r}")
+    if config.select_on not in SELECT_ON:
+        raise InputError(
+            f"select_on must be one of {', '.join(SELECT_ON)} (model selection criterion), "
+            f"got {config.select_on!r}"
+        )
     if config.batch_size < 1 or config.size < 16:
         raise InputError("batch size must be ≥ 1 and size ≥ 16")
     if len(train) == 0:
@@ -329,6 +432,16 @@ def _criterion(config: TrainConfig, stage: str, val: BagSet | None) -> str:
         return "none: no validation split, the last epoch is kept"
     if stage == "full" or config.select_on == "masks":
         return "F1 on the validation masks"
+    if config.select_on == "agreement":
+        if stage == "student":
+            return (
+                "agreement: mean of (1 − tumour area called on validation negatives) and the Dice with the "
+                "first teacher's mask on validation positives; hand-corrected pixels weigh half when present"
+            )
+        return (
+            "agreement: mean of (1 − tumour area called on validation negatives) and the tumour area called "
+            "on validation positives; hand-corrected pixels weigh half when present"
+        )
     if stage == "student":
         return "minus the distillation loss against the first teacher on the validation bags"
     return "minus the MIL loss on the validation bags"
@@ -496,7 +609,9 @@ def _run_epochs(
             loss_sum += loss.detach() * len(idx)
             yield BatchProgress(stage, epoch, n_epochs, b, b + len(pending), loss_value)
         train_loss = float(loss_sum) / len(train)
+        validator.last_scores = {}
         score = validator.score(model)
+        scores = validator.last_scores
         is_best = best_state is None or (score is not None and best_score is not None and score > best_score)
         if score is None:  # no validation split: the last epoch is the selected one
             is_best = True
@@ -510,6 +625,8 @@ def _run_epochs(
             "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if scores:
+            record["val"] = dict(scores)
         reversal = None
         if on_epoch_end is not None:
             reversal = on_epoch_end(epoch, {"best_state": best_state, "best_epoch": best_epoch})
@@ -557,6 +674,7 @@ def _run_epochs(
             is_best=is_best,
             seconds=record["seconds"],
             checkpoint=None if checkpoint is None else str(checkpoint),
+            extra=dict(scores),
         )
         if reversal is not None:
             yield reversal
@@ -769,11 +887,12 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[DWSMILNet,
     """
     state = load_checkpoint(checkpoint)
     config = checkpoint_config(state, checkpoint)
-    model = build_model(config.backbone, "random", config.fusion_weights)
+    model = build_model(config.backbone, "random", config.fusion_weights, config.net)
     try:
         load_weights(model, state["model"], checkpoint)
     except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint} does not match a {config.backbone} model") from exc
+        what = f"{config.net} model on {config.backbone}"
+        raise CheckpointError(f"{checkpoint} does not match a {what}") from exc
     spec = checkpoint_spec(state)
     if spec is not None:
         applied = (model.mean.flatten().tolist(), model.std.flatten().tolist())

@@ -79,7 +79,7 @@ STAGES = ("teacher", "student")
 #: Where :meth:`SlideSession.apply_import` can put imported regions.
 IMPORT_TARGETS = ("weak", "corrections")
 #: The :class:`TrainConfig` fields a project remembers, so a reopened project trains as before.
-TRAINING_SETTINGS = ("backbone", "teacher_epochs", "student_epochs", "batch_size")
+TRAINING_SETTINGS = ("backbone", "net", "teacher_epochs", "student_epochs", "batch_size")
 #: Largest working map side: bigger editable Labels break napari's painting (texture limit).
 MAX_WORK_SIDE = 16384
 #: Export formats :meth:`SlideSession.export` writes.
