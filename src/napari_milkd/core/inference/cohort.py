@@ -573,43 +573,27 @@ def _slide_job(job: PredictJob) -> Generator[PredictProgress, None, SlideSummary
         refined: int | None = None
         coarse_s: float | None = None
         n_tiles = len(work.grid)
+        how = {
+            "threshold": threshold,
+            "batch_size": job.batch_size,
+            "device": job.device,
+            "compile": job.compile,
+            "backend": job.backend,
+            "workers": job.read_threads,
+            "resume": job.resume,
+            "stage": job.name,
+            "finish": finish,
+        }
         if job.cascade:
+            settings = CascadeSettings(job.cascade_factor, job.cascade_low, job.cascade_high)
             cascaded = yield from predict_slide_cascade(
-                model,
-                source,
-                work.grid,
-                zarr_path,
-                tissue=work.tissue,
-                settings=CascadeSettings(job.cascade_factor, job.cascade_low, job.cascade_high),
-                threshold=threshold,
-                batch_size=job.batch_size,
-                device=job.device,
-                compile=job.compile,
-                backend=job.backend,
-                workers=job.read_threads,
-                resume=job.resume,
-                stage=job.name,
-                finish=finish,
+                model, source, work.grid, zarr_path, tissue=work.tissue, settings=settings, **how
             )
             result: SlidePrediction = cascaded.prediction
             refined, coarse_s = cascaded.n_refined, cascaded.coarse_seconds
             n_computed = cascaded.n_coarse + result.n_computed
         else:
-            result = yield from predict_slide(
-                model,
-                source,
-                work.grid,
-                zarr_path,
-                threshold=threshold,
-                batch_size=job.batch_size,
-                device=job.device,
-                compile=job.compile,
-                backend=job.backend,
-                workers=job.read_threads,
-                resume=job.resume,
-                stage=job.name,
-                finish=finish,
-            )
+            result = yield from predict_slide(model, source, work.grid, zarr_path, **how)
             n_computed = result.n_computed
     finally:
         source.close()
