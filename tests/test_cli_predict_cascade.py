@@ -10,40 +10,16 @@ import numpy as np
 import pytest
 
 from napari_milkd.cli import main
-from napari_milkd.core.engine.checkpoint import save_checkpoint
-from napari_milkd.core.engine.config import TrainConfig
-from napari_milkd.core.engine.spec import ModelSpec
 from napari_milkd.core.inference.cascade import DEFAULT_FACTOR
 from napari_milkd.core.inference.stream import open_prediction
 from napari_milkd.core.slides.sample import write_pyramidal_tiff
+from test_predict_outputs import _run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `milkd train`-like run folder with a tiny random student (1 µm/px, 64-px tiles)."""
-    import torch
-
-    from napari_milkd.core.engine.models import build_model
-
-    folder = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    model = build_model("tiny", "random")
-    save_checkpoint(
-        folder / "student.pt",
-        {
-            "stage": "student",
-            "backbone": "tiny",
-            "config": TrainConfig(backbone="tiny", size=64, device="cpu").to_dict(),
-            "epoch": 1,
-            "complete": True,
-            "model": model.state_dict(),
-            "history": [],
-            "best_epoch": 1,
-            "best_score": None,
-            "spec": ModelSpec(mpp=1.0, tile=64, backbone="tiny").to_dict(),
-        },
-    )
-    return folder
+    return _run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
