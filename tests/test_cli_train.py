@@ -151,6 +151,24 @@ def test_explicit_flags_override_the_preset(folder: Path) -> None:
     assert _load(run / "student.pt")["config"] == config
 
 
+def test_ablation_flags_reach_the_config() -> None:
+    from napari_milkd.cli import build_parser
+    from napari_milkd.commands.train import _SCHEDULE_FLAGS
+    from napari_milkd.core.engine.presets import schedule
+
+    args = build_parser().parse_args(
+        ["train", "--images", "i", "--labels", "l.csv", "--name-column", "n", "--label-column", "c",
+         "--positive", "p", "--out", "o", "--teacher-loss", "gm_bce", "--ce-weight", "0",
+         "--ce-target", "soft", "--student-init", "teacher", "--fusion-weights", "0.2", "0.3", "0.5",
+         "--no-augment"]
+    )  # fmt: skip
+    c = schedule("quick", **{f: getattr(args, f) for f in _SCHEDULE_FLAGS})
+    assert (c.teacher_loss, c.ce_weight, c.ce_target, c.student_init, c.augment) == (
+        "gm_bce", 0.0, "soft", "teacher", False
+    )  # fmt: skip
+    assert c.fusion_weights == (0.2, 0.3, 0.5)
+
+
 def test_default_preset_is_standard() -> None:
     from napari_milkd.cli import build_parser
     from napari_milkd.commands.train import _SCHEDULE_FLAGS
@@ -196,6 +214,8 @@ def test_full_supervision_run_reports_student(folder: Path, capsys: pytest.Captu
     [
         (["--backbone", "resnet"], "unknown backbone"),
         (["--net", "cam"], "unknown MIL net 'cam'"),
+        (["--teacher-loss", "bce"], "teacher loss must be one of dice, gm_bce"),
+        (["--ce-target", "fuzzy"], "ce target must be one of hard, soft"),
         (["--label-column", "grade"], "no column 'grade'"),
         (["--positive", "cancer"], "no positive bag"),
         (["--weights", "/nonexistent/vgg16.pth"], "weights file not found"),

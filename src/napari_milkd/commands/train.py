@@ -65,6 +65,12 @@ _SCHEDULE_FLAGS = (
     "weight_decay",
     "val_fraction",
     "seed",
+    "teacher_loss",
+    "ce_weight",
+    "ce_target",
+    "student_init",
+    "fusion_weights",
+    "augment",
 )
 
 
@@ -174,6 +180,45 @@ def register(subparsers: Any) -> None:
         help="role reversal every K student epochs; 0 disables it (default: the preset's, or student / 3)",
     )
     p.add_argument("--switch-from", type=int, default=None, help="first role-reversal epoch (default: K)")
+    p.add_argument(
+        "--teacher-loss", default=None, help="MIL teacher loss: dice (the paper's) or gm_bce (default: dice)"
+    )
+    p.add_argument(
+        "--ce-weight",
+        type=float,
+        default=None,
+        help="weight of the OEEM cross-entropy beside the Dice term in the student loss; 0 = Dice only "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--ce-target",
+        default=None,
+        help="target of that cross-entropy: hard (the teacher's map thresholded, the paper's) or soft (its "
+        "probability); default hard",
+    )
+    p.add_argument(
+        "--student-init",
+        default=None,
+        help="the student's starting weights: weights (those of --weights, ImageNet by default) or teacher "
+        "(a copy of its teacher); default weights",
+    )
+    p.add_argument(
+        "--fusion-weights",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="W",
+        help="weights of the three side outputs in the fused map, positive, summing to 1 "
+        "(default 0.3 0.3 0.4)",
+    )
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_const",
+        const=False,
+        default=None,
+        help="train without flips, rotations and stain jitter",
+    )
     p.add_argument("--supervision", choices=("weak", "full"), default="weak")
     p.add_argument(
         "--select-on",

@@ -139,3 +139,22 @@ def test_supervised_loss_low_for_correct_masks() -> None:
     masks[0, 0, 2:6, 2:6] = 1
     good = (masks * 2 - 1) * 8
     assert losses.supervised_loss(_out(good), masks) < 0.05 < losses.supervised_loss(_out(-good), masks)
+
+
+def test_soft_ce_targets_the_teacher_probability_and_keeps_oeem_groups() -> None:
+    teacher = torch.full((2, 1, 4, 4), 0.7)
+    labels = torch.tensor([1.0, 0.0])
+    z = torch.zeros(2, 1, 4, 4)
+    out = _out(z)
+    hard = losses.student_loss(out, teacher, labels, ce_weight=1.0)
+    soft = losses.student_loss(out, teacher, labels, ce_weight=1.0, soft_ce=True)
+    dice_only = losses.student_loss(out, teacher, labels, ce_weight=0.0)
+    # logit 0 against target 1 or 0.7 gives the same BCE (log 2) per pixel: z = 0 cannot tell them apart
+    assert torch.isclose(hard, soft)
+    # a confident logit: BCE to 0.7 is larger than to 1 on the positive image
+    out = _out(torch.full((2, 1, 4, 4), 4.0))
+    gap = losses.student_loss(out, teacher, labels, soft_ce=True) - losses.student_loss(out, teacher, labels)
+    expected = (F.binary_cross_entropy_with_logits(torch.tensor(4.0), torch.tensor(0.7))
+                - F.binary_cross_entropy_with_logits(torch.tensor(4.0), torch.tensor(1.0))) / 2  # fmt: skip
+    assert torch.isclose(gap, expected, atol=1e-5)
+    assert dice_only < hard

@@ -63,3 +63,23 @@ def test_unknown_preset_or_setting() -> None:
         schedule("fast")
     with pytest.raises(InputError, match=r"unknown training setting.*epochs"):
         schedule("quick", epochs=3)
+
+
+def test_ablation_settings_are_checked_before_any_training() -> None:
+    c = schedule("quick", teacher_loss="gm_bce", ce_weight=0.0, ce_target="soft", student_init="teacher",
+                 fusion_weights=[0.2, 0.3, 0.5], augment=False)  # fmt: skip
+    assert (c.teacher_loss, c.ce_weight, c.ce_target, c.student_init, c.augment) == (
+        "gm_bce", 0.0, "soft", "teacher", False
+    )  # fmt: skip
+    assert c.fusion_weights == (0.2, 0.3, 0.5)
+    assert (schedule().ce_target, schedule().student_init) == ("hard", "weights")  # the paper's
+    for bad, message in (
+        ({"teacher_loss": "bce"}, "teacher loss must be one of dice, gm_bce"),
+        ({"ce_target": "fuzzy"}, "ce target must be one of hard, soft"),
+        ({"student_init": "imagenet"}, "student init must be one of weights, teacher"),
+        ({"ce_weight": -1.0}, "cross-entropy weight must be ≥ 0"),
+        ({"fusion_weights": [0.5, 0.5, 0.5]}, "summing to 1"),
+        ({"fusion_weights": [0.0, 0.5, 0.5]}, "three positive numbers"),
+    ):
+        with pytest.raises(InputError, match=message):
+            schedule("quick", **bad)

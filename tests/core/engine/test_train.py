@@ -248,3 +248,22 @@ def test_config_errors(square_bags: BagSet) -> None:
         drain(train_teacher(negatives, None, CFG))
     with pytest.raises(InputError, match="size"):
         drain(train_teacher(square_bags, None, TrainConfig.from_dict({**CFG.to_dict(), "size": 64})))
+
+
+def test_student_init_teacher_starts_from_a_copy_of_its_teacher(square_bags: BagSet, tmp_path: Path) -> None:
+    from napari_milkd.core.engine.train import new_model
+
+    train, _ = _split(square_bags)
+    teacher = tmp_path / "t.pt"
+    drain(train_teacher(train, None, CFG, teacher))
+    teacher_state = load_checkpoint(teacher)["model"]
+    params = [name for name, _ in new_model(CFG).named_parameters()]
+    same = {}
+    for init in ("weights", "teacher"):
+        # lr 0: the parameters the student ends with are those it started from (BN statistics still move)
+        cfg = TrainConfig.from_dict({**CFG.to_dict(), "student_epochs": 1, "switch_every": 0, "lr": 0.0,
+                                     "student_init": init})  # fmt: skip
+        drain(distill_student(train, None, cfg, teacher, tmp_path / f"{init}.pt"))
+        student = load_checkpoint(tmp_path / f"{init}.pt")["model"]
+        same[init] = all(torch.equal(student[k], teacher_state[k]) for k in params)
+    assert same == {"weights": False, "teacher": True}

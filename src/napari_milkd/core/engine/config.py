@@ -51,6 +51,12 @@ class TrainConfig:
     gm_r: float = 4.0
     #: Weight of the OEEM cross-entropy term relative to the Dice term in the student loss.
     ce_weight: float = 1.0
+    #: Target of that cross-entropy: ``"hard"`` (the teacher's map thresholded at ``threshold``, the
+    #: paper's) or ``"soft"`` (the teacher's probability itself).
+    ce_target: str = "hard"
+    #: The student's starting weights: ``"weights"`` (the encoder weights of ``weights``, ImageNet by
+    #: default, as in the paper) or ``"teacher"`` (a copy of the teacher it is distilled from).
+    student_init: str = "weights"
     threshold: float = 0.5
     #: ``"weak"``: MIL teacher + IFKD student from bag labels; ``"full"``: the same net on pixel masks.
     supervision: str = "weak"

@@ -108,9 +108,17 @@ def oeem_weights(pixel_loss: torch.Tensor, hard: torch.Tensor, human: torch.Tens
     return w.view(n, *pixel_loss.shape[1:])
 
 
-def oeem_bce_loss(logit: torch.Tensor, hard: torch.Tensor, human: torch.Tensor) -> torch.Tensor:
-    """OEEM-weighted BCE **on logits** against a 0/1 target; mean over pixels and images (scalar)."""
-    pixel = F.binary_cross_entropy_with_logits(logit.float(), hard, reduction="none")
+def oeem_bce_loss(
+    logit: torch.Tensor, hard: torch.Tensor, human: torch.Tensor, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """OEEM-weighted BCE **on logits**; mean over pixels and images (scalar).
+
+    The target is ``hard`` (0/1) unless ``target`` (soft, in [0, 1]) is given; the OEEM weights group
+    pixels by ``hard`` either way.
+    """
+    pixel = F.binary_cross_entropy_with_logits(
+        logit.float(), hard if target is None else target, reduction="none"
+    )
     return (oeem_weights(pixel, hard, human) * pixel).mean()
 
 
@@ -121,16 +129,19 @@ def student_loss(
     hard_labels: torch.Tensor | None = None,
     threshold: float = 0.5,
     ce_weight: float = 1.0,
+    soft_ce: bool = False,
 ) -> torch.Tensor:
     """IFKD student loss, averaged over the three side outputs and the fusion.
 
     Per output: Dice to the soft target + ``ce_weight`` × OEEM-weighted BCE-with-logits to the
-    thresholded target (see :func:`distill_targets`).
+    thresholded target (the paper's), or to the soft target when ``soft_ce`` (see
+    :func:`distill_targets`).
     """
     soft, hard, human = distill_targets(teacher_prob, labels, hard_labels, threshold)
     probs = [torch.sigmoid(s) for s in out.sides] + [out.fused_prob]
+    ce_target = soft if soft_ce else None
     terms = [
-        soft_dice_loss(p, soft).mean() + ce_weight * oeem_bce_loss(z, hard, human)
+        soft_dice_loss(p, soft).mean() + ce_weight * oeem_bce_loss(z, hard, human, ce_target)
         for p, z in zip(probs, out.logits, strict=True)
     ]
     return torch.stack(terms).mean()

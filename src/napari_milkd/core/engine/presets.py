@@ -82,4 +82,29 @@ def schedule(preset: str = "quick", **overrides: Any) -> TrainConfig:
         values["switch_every"] = max(1, int(values["student_epochs"]) // 3)
         if "switch_from" not in given:
             values["switch_from"] = 0
+    _check_choices(values)
     return TrainConfig.from_dict(values)
+
+
+#: The allowed values of the enumerated settings (``TrainConfig`` field → choices).
+CHOICES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "teacher_loss": ("dice", "gm_bce"),
+        "student_init": ("weights", "teacher"),
+        "ce_target": ("hard", "soft"),
+    }
+)
+
+
+def _check_choices(values: dict[str, Any]) -> None:
+    """Refuse enumerated settings outside :data:`CHOICES` and loss or fusion weights a net cannot use."""
+    for name, choices in CHOICES.items():
+        if values[name] not in choices:
+            raise InputError(
+                f"{name.replace('_', ' ')} must be one of {', '.join(choices)}, got {values[name]!r}"
+            )
+    if not float(values["ce_weight"]) >= 0:
+        raise InputError(f"the cross-entropy weight must be ≥ 0, got {values['ce_weight']}")
+    weights = [float(w) for w in values["fusion_weights"]]
+    if len(weights) != 3 or min(weights) <= 0 or abs(sum(weights) - 1) > 1e-6:
+        raise InputError(f"fusion weights must be three positive numbers summing to 1, got {weights}")

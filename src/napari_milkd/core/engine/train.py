@@ -299,7 +299,9 @@ class _Validator:
                 if self.stage == "student":
                     assert self.targets is not None
                     target = self.targets[idx].to(dev)
-                    loss = losses.student_loss(out, target, labels, hard, thr, cfg.ce_weight)
+                    loss = losses.student_loss(
+                        out, target, labels, hard, thr, cfg.ce_weight, cfg.ce_target == "soft"
+                    )
                 else:
                     loss = _teacher_loss(out, labels, cfg)
                 weak_sum -= float(loss) * len(idx)
@@ -825,7 +827,10 @@ def distill_student(
         raise CheckpointError(f"the teacher {teacher} does not match a {config.backbone} model") from exc
     rt.prepare(teacher_net).eval()
     teacher_net.requires_grad_(False)
-    model = rt.prepare(new_model(config, _STAGE_SEED[stage]))
+    student = new_model(config, _STAGE_SEED[stage])
+    if config.student_init == "teacher":
+        student.load_state_dict(clone_state(teacher_net.state_dict()))
+    model = rt.prepare(student)
     try:
         validator = _Validator(val, config, rt, stage)
         if state is not None and "val_targets" in state:
@@ -839,7 +844,9 @@ def distill_student(
                 q = teacher_net(x).fused_prob.float()
             with rt.autocast():
                 out = model(x)
-            return losses.student_loss(out, q, y, e, config.threshold, config.ce_weight)
+            return losses.student_loss(
+                out, q, y, e, config.threshold, config.ce_weight, config.ce_target == "soft"
+            )
 
         def on_epoch_end(epoch: int, info: dict[str, Any]) -> RoleReversal | None:
             if config.switch_every <= 0 or epoch < config.first_switch or epoch >= config.student_epochs:
