@@ -160,13 +160,13 @@ def test_ablation_flags_reach_the_config() -> None:
         ["train", "--images", "i", "--labels", "l.csv", "--name-column", "n", "--label-column", "c",
          "--positive", "p", "--out", "o", "--teacher-loss", "gm_bce", "--ce-weight", "0",
          "--ce-target", "soft", "--student-init", "teacher", "--fusion-weights", "0.2", "0.3", "0.5",
-         "--no-augment"]
+         "--no-augment", "--stain-jitter", "0.05"]
     )  # fmt: skip
     c = schedule("quick", **{f: getattr(args, f) for f in _SCHEDULE_FLAGS})
     assert (c.teacher_loss, c.ce_weight, c.ce_target, c.student_init, c.augment) == (
         "gm_bce", 0.0, "soft", "teacher", False
     )  # fmt: skip
-    assert c.fusion_weights == (0.2, 0.3, 0.5)
+    assert c.fusion_weights == (0.2, 0.3, 0.5) and c.stain_jitter == 0.05
 
 
 def test_default_preset_is_standard() -> None:

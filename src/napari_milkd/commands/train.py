@@ -71,6 +71,7 @@ _SCHEDULE_FLAGS = (
     "student_init",
     "fusion_weights",
     "augment",
+    "stain_jitter",
 )
 
 
@@ -217,7 +218,15 @@ def register(subparsers: Any) -> None:
         action="store_const",
         const=False,
         default=None,
-        help="train without flips, rotations and stain jitter",
+        help="train without flips, rotations or stain jitter",
+    )
+    p.add_argument(
+        "--stain-jitter",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="H&E stain jitter when augmenting: each stain scaled by 1 ± SIGMA and shifted by ± SIGMA "
+        "(optical density); default 0 (flips and rotations only)",
     )
     p.add_argument("--supervision", choices=("weak", "full"), default="weak")
     p.add_argument(

@@ -117,3 +117,20 @@ def test_glas_bags_with_patient_split(glas_dir: Path) -> None:
     train, val = bags.split(0.2, seed=0)
     assert not set(train.groups) & set(val.groups)
     assert val.n_pos > 0 and val.n_neg > 0
+
+
+def test_stain_jitter_is_exact_at_zero_and_varies_stains_reproducibly() -> None:
+    import torch
+
+    from napari_milkd.core.engine.datasets import stain_jitter
+
+    x = torch.ones(4, 3, 8, 8)
+    x[:, :, 4:] = torch.tensor([0.55, 0.25, 0.6]).view(1, 3, 1, 1)  # a haematoxylin-eosin purple
+    assert torch.allclose(stain_jitter(x, 0.0), x, atol=1e-5)  # σ 0: deconvolution and back is exact
+    a = stain_jitter(x, 0.1, torch.Generator().manual_seed(1))
+    b = stain_jitter(x, 0.1, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    stained = a[:, :, 4:]
+    assert float((stained - x[:, :, 4:]).abs().max()) > 0.01  # colours move
+    assert float(stained.std(0).mean()) > 0.005  # differently per image
+    assert float((stained - x[:, :, 4:]).abs().max()) < 0.3  # and stay H&E-like

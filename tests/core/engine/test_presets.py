@@ -67,7 +67,8 @@ def test_unknown_preset_or_setting() -> None:
 
 def test_ablation_settings_are_checked_before_any_training() -> None:
     c = schedule("quick", teacher_loss="gm_bce", ce_weight=0.0, ce_target="soft", student_init="teacher",
-                 fusion_weights=[0.2, 0.3, 0.5], augment=False)  # fmt: skip
+                 fusion_weights=[0.2, 0.3, 0.5], augment=False, stain_jitter=0.05)  # fmt: skip
+    assert c.stain_jitter == 0.05
     assert (c.teacher_loss, c.ce_weight, c.ce_target, c.student_init, c.augment) == (
         "gm_bce", 0.0, "soft", "teacher", False
     )  # fmt: skip
@@ -78,6 +79,7 @@ def test_ablation_settings_are_checked_before_any_training() -> None:
         ({"ce_target": "fuzzy"}, "ce target must be one of hard, soft"),
         ({"student_init": "imagenet"}, "student init must be one of weights, teacher"),
         ({"ce_weight": -1.0}, "cross-entropy weight must be ≥ 0"),
+        ({"stain_jitter": 1.5}, "stain jitter must be in"),
         ({"fusion_weights": [0.5, 0.5, 0.5]}, "summing to 1"),
         ({"fusion_weights": [0.0, 0.5, 0.5]}, "three positive numbers"),
     ):

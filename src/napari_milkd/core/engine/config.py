@@ -61,6 +61,9 @@ class TrainConfig:
     #: ``"weak"``: MIL teacher + IFKD student from bag labels; ``"full"``: the same net on pixel masks.
     supervision: str = "weak"
     augment: bool = True
+    #: H&E stain jitter when augmenting: each stain's optical density scaled by U(1 ± σ) and shifted by
+    #: U(± σ) (``datasets.stain_jitter``); 0 (the default) keeps flips and rotations only.
+    stain_jitter: float = 0.0
     seed: int = 0
     device: str = "auto"
     #: bf16 autocast on CUDA (ignored elsewhere).

@@ -2,8 +2,9 @@
 
 Owns (a) :class:`BagSet`, the one structure every bag source produces (image folders here; slide tile
 bags build it with :meth:`BagSet.from_arrays`), (b) loading a GlaS-style image folder + label CSV,
-(c) the patient-grouped validation split and (d) vectorised flip/rot90 augmentation. May import numpy,
-Pillow and torch (torch only inside :func:`augment`); never napari or Qt.
+(c) the patient-grouped validation split and (d) vectorised flip/rot90 and H&E stain augmentation. May
+import numpy, Pillow and torch (torch only inside :func:`augment` and :func:`stain_jitter`); never napari
+or Qt.
 
 Label CSVs are read strictly (:func:`read_label_table`): UTF-8 only (a Latin-1 file is refused with the
 line of its first non-UTF-8 byte), a malformed CSV (e.g. a field over 131 072 characters) is refused with
@@ -495,3 +496,29 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
         if idx.numel():
             out[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
     return out
+
+
+#: Optical density (RGB) of haematoxylin, eosin and DAB, one row each (Ruifrok & Johnston; scikit-image's
+#: ``rgb_from_hed``).
+RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+
+
+def stain_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """H&E colour augmentation (after Tellez et al. 2018) of a float RGB batch (N, 3, H, W) in [0, 1].
+
+    Each image's optical density is split into haematoxylin, eosin and DAB by colour deconvolution; each
+    stain is scaled by ``U(1 − sigma, 1 + sigma)`` and shifted by ``U(−sigma, sigma)`` (optical-density
+    units), and the image is recomposed, clipped to [0, 1]. Draws use ``generator`` (on the CPU).
+    """
+    import torch
+
+    n = x.shape[0]
+    rgb_from_hed = torch.tensor(RGB_FROM_HED, dtype=torch.float32)
+    hed_from_rgb = torch.linalg.inv(rgb_from_hed).to(x.device)
+    scale = (1 + sigma * (2 * torch.rand((n, 3), generator=generator) - 1)).to(x.device)
+    shift = (sigma * (2 * torch.rand((n, 3), generator=generator) - 1)).to(x.device)
+    od = -torch.log(x.float().clamp_min(1e-6))
+    hed = torch.einsum("nchw,cd->ndhw", od, hed_from_rgb)
+    hed = hed * scale.view(n, 3, 1, 1) + shift.view(n, 3, 1, 1)
+    out = torch.exp(-torch.einsum("ndhw,dc->nchw", hed, rgb_from_hed.to(x.device))).clamp_(0, 1)
+    return out.to(x.dtype)

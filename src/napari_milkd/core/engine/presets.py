@@ -105,6 +105,8 @@ def _check_choices(values: dict[str, Any]) -> None:
             )
     if not float(values["ce_weight"]) >= 0:
         raise InputError(f"the cross-entropy weight must be ≥ 0, got {values['ce_weight']}")
+    if not 0 <= float(values["stain_jitter"]) < 1:
+        raise InputError(f"stain jitter must be in [0, 1), got {values['stain_jitter']}")
     weights = [float(w) for w in values["fusion_weights"]]
     if len(weights) != 3 or min(weights) <= 0 or abs(sum(weights) - 1) > 1e-6:
         raise InputError(f"fusion weights must be three positive numbers summing to 1, got {weights}")

@@ -51,7 +51,7 @@ from napari_milkd.core.engine.config import (
     TrainEvent,
     TrainResult,
 )
-from napari_milkd.core.engine.datasets import BagSet, augment
+from napari_milkd.core.engine.datasets import BagSet, augment, stain_jitter
 from napari_milkd.core.engine.models import DWSMILNet, SegOutput, build_model
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import CheckpointError, InputError, TrainingError
@@ -84,6 +84,7 @@ class _Runtime:
         self.channels_last = self.cuda or self.device.type == "cpu"
         #: Batch size for evaluation passes; lowered when training runs out of GPU memory.
         self.batch_size = config.batch_size
+        self.stain_jitter = config.stain_jitter
         if self.cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -125,7 +126,8 @@ class _Runtime:
         idx: torch.Tensor,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gather, augment (when ``generator``), convert to float [0, 1] on the device."""
+        """Gather, augment (when ``generator``: flips, rotations, and stain jitter when the config asks),
+        convert to float [0, 1] on the device."""
         x = images[idx.to(images.device)].to(self.device, non_blocking=True)
         e = None if extra is None else extra[idx.to(extra.device)].to(self.device, non_blocking=True)
         if generator is not None:
@@ -133,6 +135,8 @@ class _Runtime:
             both = augment(both, generator)
             x, e = (both, None) if e is None else (both[:, :3], both[:, 3:])
         x = x.float().div_(255)
+        if generator is not None and self.stain_jitter > 0:
+            x = stain_jitter(x, self.stain_jitter, generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, e
