@@ -172,9 +172,8 @@ def main() -> None:
     viewer.layers[f"{prefix} teacher mask"].visible = False
     shot(viewer, "student")
 
-    disagreement = viewer.layers[f"{prefix} disagreement"]
-    disagreement.visible = True
-    disagreement.opacity = 0.45
+    widget.map_view.combo.setCurrentText("disagreement")
+    viewer.layers[f"{prefix} map"].opacity = 0.45
     viewer.layers[f"{prefix} student mask"].visible = False
     widget.review_button.click()
     shot(viewer, "review")

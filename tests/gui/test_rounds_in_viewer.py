@@ -62,7 +62,8 @@ def test_next_round_is_listed_and_go_back_restores_its_student_mask(
     student_layer = viewer.layers[f"{PREFIX} student mask"]
     round1_student = np.asarray(student_layer.data).copy()
     round1_teacher = np.asarray(viewer.layers[f"{PREFIX} teacher mask"].data).copy()
-    round1_prob = np.asarray(viewer.layers[f"{PREFIX} student probability"].data).copy()
+    widget.map_view.combo.setCurrentText("student probability")  # the map layer follows the rounds
+    round1_prob = np.asarray(viewer.layers[f"{PREFIX} map"].data).copy()
     assert rounds.combo.count() == 0  # nothing replaced yet
 
     # Next round: round 1 is kept in the project and listed.
@@ -79,7 +80,7 @@ def test_next_round_is_listed_and_go_back_restores_its_student_mask(
         p.name for p in kept.iterdir()
     }
     assert json.loads((kept / "round.json").read_text())["reason"] == "next round"
-    round2_prob = np.asarray(viewer.layers[f"{PREFIX} student probability"].data).copy()
+    round2_prob = np.asarray(viewer.layers[f"{PREFIX} map"].data).copy()
     assert np.abs(round2_prob - round1_prob).max() > 1e-3  # round 2's student is another model
 
     # A correction in round 2 (the pathologist's work: never rolled back).
@@ -105,7 +106,7 @@ def test_next_round_is_listed_and_go_back_restores_its_student_mask(
     np.testing.assert_array_equal(restored[corrected], hard[corrected])  # corrections kept
     teacher = np.asarray(viewer.layers[f"{PREFIX} teacher mask"].data)
     np.testing.assert_array_equal(teacher[~corrected], round1_teacher[~corrected])
-    prob = np.asarray(viewer.layers[f"{PREFIX} student probability"].data)
+    prob = np.asarray(viewer.layers[f"{PREFIX} map"].data)
     assert np.abs(prob - round1_prob).max() < 1e-3  # round 1's map, not round 2's
     np.testing.assert_array_equal(widget.session.hard, hard)
     messages = [str(n.message) for n in notification_manager.records[before:]]

@@ -74,19 +74,22 @@ def test_sample_slide_and_widget_prepare(
     qtbot.waitUntil(lambda: "tissue tiles of" in widget.result_note.text(), timeout=60_000)
     qtbot.waitUntil(lambda: widget.training.worker is None, timeout=10_000)
     work = widget.session.work
-    tissue = viewer.layers["milkd synthetic sample tissue"]
     tiles = viewer.layers["milkd synthetic sample tiles"]
     weak = viewer.layers["milkd synthetic sample weak labels"]
-    for layer in (tissue, tiles, weak):
+    for layer in (tiles, weak):
         assert isinstance(layer, Labels) and not layer.multiscale and layer.editable
         assert layer.data.shape == work.shape
         assert tuple(layer.scale) == pytest.approx((0.5 * work.downsample,) * 2)
     assert weak.data is widget.session.weak  # brush strokes land in the session
     # Masks line up with the slide: their world extent equals the slide's.
     slide_extent = slide.extent.world[1] - slide.extent.world[0]
+    widget.map_view.combo.setCurrentText("tissue")  # the tissue found, in the dock's one map layer
+    tissue = viewer.layers["milkd synthetic sample map"]
     tissue_extent = tissue.extent.world[1] - tissue.extent.world[0]
     assert tissue_extent == pytest.approx(slide_extent, rel=0.01)
+    assert tuple(tissue.scale) == pytest.approx(tuple(tiles.scale))
     assert 0.3 < tissue.data.mean() < 0.8
+    widget.map_view.combo.setCurrentText("none")
     assert widget.paint_tumour.isEnabled() and not widget.train_teacher_button.isEnabled()  # no weak labels
     assert "paint or import both positive and negative regions first" in widget.train_teacher_button.toolTip()
     truth.visible = True

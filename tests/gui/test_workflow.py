@@ -128,8 +128,10 @@ def test_end_to_end_teacher_correction_student_export(
     assert f"{PREFIX} preview" in inserted  # ... and was shown while it did
     assert f"{PREFIX} preview" not in viewer.layers  # the preview gives way to the real layers
     teacher_mask = viewer.layers[f"{PREFIX} teacher mask"]
-    teacher_prob = viewer.layers[f"{PREFIX} teacher probability"]
+    widget.map_view.combo.setCurrentText("teacher probability")
+    teacher_prob = viewer.layers[f"{PREFIX} map"]
     assert isinstance(teacher_mask, Labels) and isinstance(teacher_prob, Image)
+    assert np.array_equal(teacher_prob.data, widget.session.probabilities["teacher"])
     assert teacher_mask.editable and not teacher_mask.multiscale
     assert teacher_mask.data.shape == work.shape
     slide_scale = viewer.layers[PREFIX].scale
@@ -170,7 +172,9 @@ def test_end_to_end_teacher_correction_student_export(
     _wait_done(qtbot, viewer, widget, f"{PREFIX} student mask")
     student_mask = viewer.layers[f"{PREFIX} student mask"]
     assert student_mask.editable and student_mask.data[tumour_spot] == 1  # the correction survives
-    assert f"{PREFIX} disagreement" in viewer.layers
+    assert teacher_prob.visible and teacher_prob.colormap.name == "magma"  # still the chosen map
+    widget.map_view.combo.setCurrentText("disagreement")
+    assert np.allclose(viewer.layers[f"{PREFIX} map"].data, widget.session.disagreement())
     camera = getattr(viewer, "scene", viewer).camera
     center_before = tuple(camera.center)
     widget.review_button.click()

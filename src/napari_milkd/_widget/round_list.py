@@ -126,9 +126,7 @@ def go_back(widget: SlideWidget) -> None:
                 yield from widget._stage_layers(session, stage)
             else:
                 widget.layers.remove(f"{stage} mask")
-                widget.layers.remove(f"{stage} probability")
-        if session.disagreement() is None:
-            widget.layers.remove("disagreement")
+        widget.map_view.refresh()
         kept = f"; what you had is kept as round {result.kept_as.number}" if result.kept_as else ""
         widget.training.status.setText(f"back to round {number}{kept}")
         notify_info(f"back to round {number}{kept} — your corrections are kept", str(session.project.root))

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_milkd._widget.map_view import MapView
 from napari_milkd._widget.mask_style import MaskStyle
 from napari_milkd._widget.qt_helpers import (
     enable_with_reasons,
@@ -39,7 +40,7 @@ from napari_milkd._widget.qt_helpers import (
 )
 from napari_milkd._widget.round_list import RoundList
 from napari_milkd._widget.slide_buttons import SlideState, button_reasons
-from napari_milkd._widget.slide_layers import info_from_layer, slide_layers
+from napari_milkd._widget.slide_layers import SlideLayers, info_from_layer, slide_layers
 from napari_milkd._widget.slide_list import SlideList, give_layer_mpp
 from napari_milkd._widget.slide_open import SlideOpener
 from napari_milkd._widget.training_panel import TrainingPanel
@@ -52,6 +53,8 @@ from napari_milkd.core.slides.types import SlideInfo
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image
+
+    from napari_milkd.core.session.slide_session import SlideSession
 
 #: Menu paths the form's hints quote, as napari shows them (a GUI test checks them in the running app).
 OPEN_MENU = ("File", "Open File(s)…")
@@ -176,6 +179,11 @@ class SlideForm(SlideOpener, QWidget):
         )
 
         self.mask_style = MaskStyle()
+        #: The prepared slide's workflow (set by the widget); None until *Prepare slide* has run once.
+        self.session: SlideSession | None = None
+        #: The layers over the chosen slide (masks, weak labels, tiles, the map).
+        self.layers = SlideLayers(viewer)
+        self.map_view = MapView(self.layers, lambda: self.session)
         self.review_button = QPushButton("Next region to review")
         self.review_button.setToolTip("Go to the tile where the models disagree most (or are least sure).")
         self.review_note = QLabel("")
@@ -231,6 +239,7 @@ class SlideForm(SlideOpener, QWidget):
         review_box = QGroupBox("4 · Review and export")
         rform = QFormLayout(review_box)
         rform.addRow(self.mask_style)
+        rform.addRow(self.map_view)
         rform.addRow(self.review_button)
         rform.addRow(self.review_note)
         rform.addRow("Mask", self.export_stage)

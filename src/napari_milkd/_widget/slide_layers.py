@@ -35,7 +35,6 @@ from napari_milkd.core.slides.geometry import SlideWork, tile_map_origins
 from napari_milkd.core.slides.types import LevelInfo, SlideInfo
 
 WEAK_COLORS = {None: "transparent", REGION_TUMOUR: "#ff3b3b", REGION_FREE: "#2fd16b"}
-TISSUE_COLORS = {None: "transparent", 1: "#39d98a"}
 #: The tiles layer's labels: 1 + checkerboard parity + 2 × bag kind (0 ignored, 1 tumour-free, 2 tumour),
 #: drawn as outlines, so each tile shows whether and how it counts.
 TILE_COLORS = {

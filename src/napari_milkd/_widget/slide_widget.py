@@ -44,9 +44,7 @@ from napari_milkd._widget.round_list import go_back
 from napari_milkd._widget.slide_buttons import SlideState, no_mask_reason
 from napari_milkd._widget.slide_form import SlideForm
 from napari_milkd._widget.slide_layers import (
-    TISSUE_COLORS,
     WEAK_COLORS,
-    SlideLayers,
     info_from_layer,
 )
 from napari_milkd._widget.slide_list import SlideGroupPart
@@ -118,7 +116,6 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         super().__init__(napari_viewer)
         #: The slide's workflow; None until *Prepare slide* has run once.
         self.session: SlideSession | None = None
-        self.layers = SlideLayers(napari_viewer)
         self._planned: tuple[str, SlideSession] | None = None
         self._bags = (0, 0)  # positive and negative bags of the prepared slide
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -289,9 +286,6 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         weak = self.layers.get("weak labels")
         if weak is not None and weak.data.shape == session.weak.shape:  # strokes land in this session now
             self._put_weak_layer(session)
-        tissue = session.tissue.astype(np.uint8)
-        self.layers.put_labels("tissue", tissue, TISSUE_COLORS, opacity=0.25, visible=False)
-        yield
         with self.layers.hidden() as added:  # outlined over the whole map: drawn at the next step
             self.put_tiles_layer(work)
         yield
@@ -307,6 +301,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             if session.mask(stage) is not None:
                 yield
                 yield from self._stage_layers(session, stage)
+        self.map_view.refresh()  # the map shown (tissue, a probability) is this session's now
         if restored:
             notify_info(f"restored {', '.join(restored)}", f"project folder: {session.project.root}")
         grid = work.grid
@@ -460,13 +455,11 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         """A finished stage's GUI half, one layer per step: its probability image, then (the map made the
         session's) its mask and the disagreement; the status line says it is done after the last."""
         output = accepted.output
-        self._put_probability(output.stage, accepted.probability)
-        yield
         if self.session is not session:
             return
         session.take(accepted)
         yield
-        yield from self._stage_layers(session, output.stage, probability=False)
+        yield from self._stage_layers(session, output.stage)
         result = output.result
         self.training.status.setText(
             f"{output.stage} done: {result.epochs} epoch(s), selected epoch {result.best_epoch} "
@@ -487,19 +480,9 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             for _ in self._stage_layers(session, stage):
                 pass
 
-    def _put_probability(self, stage: str, probability: np.ndarray) -> None:
-        self.layers.put_image(
-            f"{stage} probability", probability, colormap="magma", opacity=0.5, visible=False
-        )
-
-    def _stage_layers(self, session: SlideSession, stage: str, *, probability: bool = True) -> Steps:
+    def _stage_layers(self, session: SlideSession, stage: str) -> Steps:
         """:meth:`show_stage` for ``session``, one layer per step (creating or refilling a working-size
         layer costs 0.1–0.3 s on the GUI thread under software OpenGL)."""
-        if session.mask(stage) is None:
-            return
-        if probability:
-            self._put_probability(stage, session.probabilities[stage])
-            yield
         mask = session.mask(stage)
         if mask is None:
             return
@@ -519,11 +502,9 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         if added:
             yield
             self.layers.reveal(added)
-        if all(s in session.probabilities for s in STAGES):  # both: the disagreement changed
+        if self.map_view.layer is not None and self.map_view.layer.visible:  # a map it changed is shown
             yield
-            gap = session.disagreement()
-            if gap is not None:
-                self.layers.put_image("disagreement", gap, colormap="viridis", opacity=0.6, visible=False)
+        self.map_view.refresh()
         self.export_stage.setCurrentText(stage)  # the newest mask is the one to export
         self._update_buttons()
 
