@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from napari_milkd._layers import LayerDataTuple, slide_image_layer
+from napari_milkd._preload import preload_core
 from napari_milkd.core.slides.slide import SLIDE_SUFFIXES, open_slide
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
@@ -52,4 +53,6 @@ def read_slide(path: str | list[str]) -> list[LayerDataTuple]:
     """
     if isinstance(path, list):
         path = path[0]
-    return [slide_image_layer(open_slide(path))]
+    layers = [slide_image_layer(open_slide(path))]
+    preload_core()  # the dock's core, imported before the user opens it
+    return layers

@@ -9,6 +9,7 @@ follows the generation (napari imported then only, so that importing this module
 from __future__ import annotations
 
 from napari_milkd._layers import LayerDataTuple, outline_layer, slide_image_layer
+from napari_milkd._preload import preload_core
 from napari_milkd.core.slides.sample import GENERATION_STEPS, ensure_sample_slide, sample_slide_exists
 from napari_milkd.core.slides.slide import open_slide
 
@@ -41,4 +42,6 @@ def make_sample_slide() -> list[LayerDataTuple]:
     source = open_slide(sample.path)
     truth = outline_layer([sample.tumour_polygon_l0], source, TRUTH_LAYER_NAME, color="#00e5ff")
     truth[1]["visible"] = False
-    return [slide_image_layer(source, name=SAMPLE_LAYER_NAME), truth]
+    layers = [slide_image_layer(source, name=SAMPLE_LAYER_NAME), truth]
+    preload_core()  # the dock's core, imported before the user opens it
+    return layers
