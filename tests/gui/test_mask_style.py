@@ -19,7 +19,7 @@ def _hex(rgba: np.ndarray) -> str:
 def test_teacher_and_student_masks_are_distinct_outlines_with_fill_opacity_and_legend(
     make_napari_viewer, qtbot, fresh_project
 ) -> None:
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     assert isinstance(widget, SlideWidget)
     viewer.open_sample("napari-milkd", "sample_slide")
@@ -44,6 +44,10 @@ def test_teacher_and_student_masks_are_distinct_outlines_with_fill_opacity_and_l
     for color in STAGE_COLORS.values():
         assert color in legend
     assert "teacher mask" in legend and "student mask" in legend and "tumour-free" in legend
+    label = widget.mask_style.legend  # every line of it on screen, none cut off by a squeezed dock
+    assert (
+        label.isVisible() and label.height() >= label.sizeHint().height() >= 4 * label.fontMetrics().height()
+    )
 
     widget.mask_style.fill_box.setChecked(True)
     assert teacher.contour == student.contour == 0

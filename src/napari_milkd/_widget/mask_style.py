@@ -61,6 +61,7 @@ class MaskStyle(QWidget):
         self.opacity_slider.setToolTip("Opacity of the teacher and student masks")
         self.legend = QLabel(legend_html())
         self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setMinimumHeight(self.legend.sizeHint().height())  # never squeezed to fewer lines
         row = QHBoxLayout()
         row.addWidget(self.fill_box)
         row.addWidget(QLabel("Opacity"))
