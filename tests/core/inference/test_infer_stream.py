@@ -183,3 +183,34 @@ def test_predict_slide_rejects_bad_options(tmp_path: Path) -> None:
         drain(predict_slide(Constant(), source, grid, tmp_path / "x.zarr", batch_size=0))
     with pytest.raises(InputError, match="not a napari-milkd prediction"):
         open_prediction(tmp_path)
+
+
+def test_vectorised_blend_equals_tile_by_tile(tmp_path: Path) -> None:
+    # The scatter-add blend CUDA uses gives the tile-by-tile map, on the CPU here: tissue-only tiles,
+    # overlaps, the map's right and bottom edges, bands flushed in the middle of a batch, and a resume.
+    from napari_milkd.core.engine.models import build_model
+    from napari_milkd.core.inference.stream import InferenceRuntime, _Band, _stream_bands, _StreamStats
+    from napari_milkd.core.slides.tissue import slide_tissue
+
+    image = np.full((700, 900, 3), 245, np.uint8)
+    image[60:650, 90:870] = _image(590, 780, seed=3)
+    source = ArraySlideSource(image, mpp=0.5)
+    grid = tile_grid(source.info, mpp=1.0, tile=48, overlap=8, tissue=slide_tissue(source))
+    torch.manual_seed(0)
+    model = build_model("tiny", "random")
+
+    def bands(vectorised: bool, bands_done: int) -> dict[int, np.ndarray | None]:
+        out = _stream_bands(
+            model, source, grid, InferenceRuntime("cpu"), band_rows=40, bands_done=bands_done, batch_size=16,
+            workers=2, prefetch=2, stage="t", stats=_StreamStats(), blend_vectorised=vectorised,
+        )  # fmt: skip
+        return {b.index: b.prob for b in out if isinstance(b, _Band)}
+
+    for done in (0, 3):
+        loop, many = bands(False, done), bands(True, done)
+        assert loop.keys() == many.keys() and len(loop) > 5
+        for index, prob in loop.items():
+            assert (prob is None) == (many[index] is None), index
+            if prob is not None:
+                np.testing.assert_allclose(many[index], prob, rtol=1e-6, atol=1e-6)
+        assert any(p is not None and p.any() for p in loop.values())

@@ -313,6 +313,43 @@ class _StreamStats:
     read_wait_s: float = 0.0
 
 
+def _blend_one(
+    acc: Any, wsum: Any, weighted: Any, window: Any, origin: np.ndarray, base: int, height: int
+) -> None:
+    """Add one tile's weighted probability (t, t) and its window into the accumulators, whose row 0 is map
+    row ``base``; ``origin`` is the tile's (row, col) in the map, rows above ``base`` or past the map's
+    edges dropped."""
+    t = window.shape[0]
+    r0, c0 = int(origin[0]), int(origin[1])
+    ra, rb = max(r0, base), min(r0 + t, height)
+    c1 = min(c0 + t, acc.shape[1])
+    if rb <= ra or c1 <= c0:
+        return
+    src = slice(ra - r0, rb - r0), slice(0, c1 - c0)
+    dst = slice(ra - base, rb - base), slice(c0, c1)
+    acc[dst] += weighted[src]
+    wsum[dst] += window[src]
+
+
+def _blend_many(
+    acc: Any, wsum: Any, weighted: Any, window: Any, origins: Any, base: int, height: int
+) -> None:
+    """:func:`_blend_one` for m tiles at once: ``weighted`` (m, t, t), ``origins`` (m, 2) on the device.
+
+    One ``index_put_(accumulate=True)`` per accumulator; pixels outside the map or above ``base`` add 0
+    at index 0, so nothing is indexed by a mask (which would synchronise with the device)."""
+    import torch
+
+    t, width = window.shape[0], acc.shape[1]
+    steps = torch.arange(t, device=origins.device)
+    rows = origins[:, :1] + steps  # (m, t) map rows
+    cols = origins[:, 1:] + steps  # (m, t) map columns
+    ok = ((rows >= base) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    flat = torch.where(ok, (rows - base)[:, :, None] * width + cols[:, None, :], 0).flatten()
+    acc.view(-1).index_put_((flat,), torch.where(ok, weighted, 0).flatten(), accumulate=True)
+    wsum.view(-1).index_put_((flat,), torch.where(ok, window, 0).flatten(), accumulate=True)
+
+
 def _stream_bands(
     model: Any,
     source: SlideSource,
@@ -326,11 +363,13 @@ def _stream_bands(
     prefetch: int,
     stage: str,
     stats: _StreamStats,
+    blend_vectorised: bool | None = None,
 ) -> Generator[PredictProgress | _Band, None, None]:
     """Yield :class:`PredictProgress` after every batch and each finished :class:`_Band` (in order).
 
     Bands ``< bands_done`` are already written: tiles lying entirely inside them are skipped, and rows
-    of theirs that straddling tiles cover are dropped.
+    of theirs that straddling tiles cover are dropped. ``blend_vectorised``: blend a batch's tiles with
+    one scatter-add (:func:`_blend_many`) or tile by tile (:func:`_blend_one`); ``None`` = on CUDA only.
     """
     import torch
 
@@ -377,6 +416,11 @@ def _stream_bands(
             base += band_rows
             next_band += 1
 
+    # One blend per run of tiles on CUDA (a few kernels a batch, no per-tile Python that the reader threads
+    # fight over for the GIL); tile by tile on the CPU, where slice adds are cheaper than scattered ones.
+    vectorised = rt.cuda if blend_vectorised is None else blend_vectorised
+    todo_origins = torch.as_tensor(origins[todo], device=rt.device) if vectorised else None
+    pos = 0  # position in ``todo`` of the batch's first tile
     forward = rt.prepare(model)
     loader = _BatchLoader(
         source, grid, batches, rt, workers=workers, prefetch=prefetch, batch_size=batch_size
@@ -396,22 +440,28 @@ def _stream_bands(
             with torch.no_grad(), rt.autocast():  # grad mode is not held across a yield
                 probs = forward(x)[:n]
             weighted = probs * window
-            for k, i in enumerate(index):
-                r0, c0 = int(origins[i, 0]), int(origins[i, 1])
+            rows0 = origins[index, 0]  # ascending: the tiles are in row order
+            k = 0
+            while k < n:
+                r0 = int(rows0[k])
                 if r0 >= base + band_rows:
                     for band in flush_until(r0):
                         stats.compute_s += time.perf_counter() - t0
                         yield band
                         t0 = time.perf_counter()
-                ra, rb = max(r0, base), min(r0 + t, height)
-                c1 = min(c0 + t, width)
-                if rb <= ra or c1 <= c0:
-                    continue
-                src = slice(ra - r0, rb - r0), slice(0, c1 - c0)
-                dst = slice(ra - base, rb - base), slice(c0, c1)
-                acc[dst] += weighted[k][src]
-                wsum[dst] += window[src]
-                max_row = max(max_row, rb)
+                # tiles k..m-1 all start inside the accumulators' first band: one blend for all
+                m = k + int(np.searchsorted(rows0[k:], base + band_rows, side="left"))
+                if vectorised:
+                    assert todo_origins is not None
+                    _blend_many(
+                        acc, wsum, weighted[k:m], window, todo_origins[pos + k : pos + m], base, height
+                    )
+                else:
+                    for j in range(k, m):
+                        _blend_one(acc, wsum, weighted[j], window, origins[index[j]], base, height)
+                max_row = max(max_row, min(int(rows0[m - 1]) + t, height))
+                k = m
+            pos += n
             stats.n_computed += n
             stats.compute_s += time.perf_counter() - t0
             done += n
