@@ -48,6 +48,7 @@ def _stats(stalls: list[float]) -> dict[str, float]:
         "p50_ms": round(float(np.percentile(arr, 50)), 1),
         "p99_ms": round(float(np.percentile(arr, 99)), 1),
         "max_ms": round(float(arr.max()), 1),
+        "over_50_ms": int((arr > 50).sum()),
     }
 
 

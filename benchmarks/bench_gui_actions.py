@@ -213,6 +213,7 @@ def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": round(float(np.median([r.get("p50_ms", 0.0) for r in runs])), 1),
         "p99_ms": max(r.get("p99_ms", 0.0) for r in runs),
         "max_ms": max(r.get("max_ms", 0.0) for r in runs),
+        "over_50_ms": sum(r.get("over_50_ms", 0) for r in runs),
         "gc2_max_ms": max(r.get("gc2_max_ms", 0.0) for r in runs),
         "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 2),
     }
