@@ -21,7 +21,7 @@ End to end through the CLI, from a fresh clone with ``../shared`` present:
     python benchmarks/bench_mosaic_accuracy.py --out runs/mosaic --work-mpp 2 --tile 64 --seeds 0 1
     python benchmarks/bench_mosaic_accuracy.py --out runs/mosaic --work-mpp 2 --tile 64 --steps rss
 
-Writes every run under ``OUT`` and ``OUT/summary-<mpp>um-<tile>px.json``; prints one JSON line per result.
+Writes every run under ``OUT`` and ``OUT/summary-w<mpp>t<tile>[_<name>].json``; prints one JSON line per result.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -236,13 +237,19 @@ def main() -> None:
     ap.add_argument(
         "--steps", default="data,trivial,weak,full", help="comma list of data,trivial,weak,full,rss"
     )
+    ap.add_argument(
+        "--train-args",
+        default="",
+        help="more `milkd train` flags for the weak runs (an ablation, e.g. '--teacher-loss gm_bce')",
+    )
+    ap.add_argument("--name", default="", help="suffix of the weak runs' folders (the ablation's name)")
     a = ap.parse_args()
     if not (TOOL.is_file() and GLAS.is_dir()):
         raise SystemExit(f"needs ../shared (GlaS and glas_mosaic.py): {SHARED}")
     out, steps, results = a.out.resolve(), set(a.steps.split(",")), []
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"w{a.work_mpp:g}t{a.tile}"
-    setting = {"work_mpp": a.work_mpp, "tile": a.tile, "preset": a.preset}
+    tag = f"w{a.work_mpp:g}t{a.tile}" + (f"_{a.name}" if a.name else "")
+    setting = {"work_mpp": a.work_mpp, "tile": a.tile, "preset": a.preset, "train_args": a.train_args}
     if "data" in steps or not (out / "test.csv").is_file():
         build_data(out)
     if "trivial" in steps:
@@ -253,7 +260,7 @@ def main() -> None:
             run_dir = out / f"{tag}_s{seed}"
             cmd = [*MILKD, "train", "--slides", str(out / "train.csv"), "--out", str(run_dir),
                    "--work-mpp", f"{a.work_mpp:g}", "--tile", str(a.tile), *common,
-                   "--seed", str(seed)]  # fmt: skip
+                   "--seed", str(seed), *shlex.split(a.train_args)]  # fmt: skip
             trained = timed(cmd, out / f"{run_dir.name}.log")
             emit({**setting, "what": "train weak", "seed": seed, **trained}, results)
             for model in ("teacher", "student"):
@@ -273,7 +280,7 @@ def main() -> None:
         cmd = [*MILKD, "predict", "--run", str(out / f"{tag}_s{a.seeds[0]}"), str(slide), "--out",
                str(out / "big40k" / f"pred_{tag}"), "--device", "cpu"]  # fmt: skip
         emit({**setting, "what": "predict 40000² slide", **timed(cmd, out / f"big40k_{tag}.log")}, results)
-    (out / f"summary-{a.work_mpp:g}um-{a.tile}px.json").write_text(json.dumps(results, indent=1))
+    (out / f"summary-{tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
