@@ -21,7 +21,8 @@ End to end through the CLI, from a fresh clone with ``../shared`` present:
     python benchmarks/bench_mosaic_accuracy.py --out runs/mosaic --work-mpp 2 --tile 64 --seeds 0 1
     python benchmarks/bench_mosaic_accuracy.py --out runs/mosaic --work-mpp 2 --tile 64 --steps rss
 
-Writes every run under ``OUT`` and ``OUT/summary-w<mpp>t<tile>[_<name>].json``; prints one JSON line per result.
+Writes every run under ``OUT`` and ``OUT/summary-w<mpp>t<tile>[_<name>].json``; prints one JSON line per
+result.
 """
 
 from __future__ import annotations
