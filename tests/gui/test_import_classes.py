@@ -179,6 +179,7 @@ def test_import_button_with_the_default_labels_ignores_the_unknown_class_and_say
     before = len(notification_manager.records)
     painted = np.asarray(viewer.layers[WEAK].data).copy()
     widget.import_button.click()
+    settle(qtbot, widget)  # the file is read in a worker
     assert starts[-1] == str(tmp_path)  # ... the next where the last import came from
     assert not shown and any("not JSON" in m for m in _messages(before)), _messages(before)
     assert np.array_equal(viewer.layers[WEAK].data, painted)

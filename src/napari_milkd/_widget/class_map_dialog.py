@@ -7,8 +7,9 @@ with its label (preset from the default semantics: unknown classes are ``ignored
 and a line naming the objects that are skipped (detections, cells, …). :meth:`ClassMapDialog.class_map`
 is what the user changed, handed to :meth:`SlideSession.read_import` as its class map, and
 :meth:`ClassMapDialog.destination` where the regions go (weak labels, corrections, a Shapes layer).
-:func:`class_map_dialog` builds it for a file (or notifies why it cannot); :func:`import_message` is
-the notification after the import. Qt, napari notifications and core only.
+:func:`class_map_dialog` builds it for a file (or notifies why it cannot), :func:`report_dialog` for a
+report already read (the dock reads it in a worker); :func:`import_message` is the notification after
+the import. Qt, napari notifications and core only.
 """
 
 from __future__ import annotations
@@ -184,9 +185,10 @@ def class_map_dialog(
     parent: QWidget | None,
     on_accept: Callable[[str | Path, dict[str, str], str], Any],
 ) -> ClassMapDialog | None:
-    """The dialog for ``path`` (:func:`read_class_report`), calling ``on_accept(path, class_map,
-    destination)`` on OK; None, after an error notification, when the slide is not prepared or the file
-    cannot be read. Corrections are offered once the session has a mask."""
+    """The dialog for ``path`` (:func:`read_class_report`, here on the calling thread), calling
+    ``on_accept(path, class_map, destination)`` on OK; None, after an error notification, when the slide
+    is not prepared or the file cannot be read. Corrections are offered once the session has a mask.
+    The dock reads in a worker instead and builds the dialog with :func:`report_dialog`."""
     if session is None:
         notify_error("prepare the slide first")
         return None
@@ -195,6 +197,19 @@ def class_map_dialog(
     except (MilkdError, OSError) as exc:
         notify_error(exc)
         return None
+    return report_dialog(session, report, path, parent, on_accept)
+
+
+def report_dialog(
+    session: SlideSession,
+    report: AnnotationReport,
+    path: str | Path,
+    parent: QWidget | None,
+    on_accept: Callable[[str | Path, dict[str, str], str], Any],
+) -> ClassMapDialog:
+    """The dialog for ``path`` from its already-read ``report`` (:func:`read_class_report`), calling
+    ``on_accept(path, class_map, destination)`` on OK; corrections are offered once the session has a
+    mask. Builds Qt objects: GUI thread only."""
     destinations = ("weak", "corrections", "shapes") if session.masks else ("weak", "shapes")
     dialog = ClassMapDialog(report, Path(path).name, parent, destinations)
     dialog.accepted.connect(lambda: on_accept(path, dialog.class_map(), dialog.destination()))

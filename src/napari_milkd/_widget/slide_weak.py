@@ -4,7 +4,9 @@ A part of :class:`~napari_milkd._widget.slide_widget.SlideWidget` (mixed into it
 session, layers, jobs and timers). A brush stroke costs the tiles under it: napari's ``paint`` event gives
 the box of what changed (:func:`~napari_milkd._widget.weak_edits.paint_box`), and once control returns to
 Qt (napari may emit ``paint`` before it writes the pixels) :meth:`SlideSession.weak_edited` recounts only
-the tiles under that box. An import is read and rasterised in a worker and painted when it is done.
+the tiles under that box. *Import…* reads the file's class table in a worker, then shows it
+(:class:`~napari_milkd._widget.class_map_dialog.ClassMapDialog`) on the GUI thread; on OK the import is
+read and rasterised in a worker and painted when it is done.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from napari.layers import Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from napari_milkd._widget.class_map_dialog import ClassMapDialog, class_map_dialog, import_message
+from napari_milkd._widget.class_map_dialog import (
+    ClassMapDialog,
+    class_map_dialog,
+    import_message,
+    read_class_report,
+    report_dialog,
+)
 from napari_milkd._widget.qt_helpers import notify_error, notify_info, notify_warning
 from napari_milkd._widget.slide_layers import TILE_COLORS, repaint_tiles, tile_map, tile_values
 from napari_milkd._widget.weak_edits import Box, paint_box
@@ -29,6 +37,7 @@ from napari_milkd.core.session.weak_labels import REGIONS_RULE
 if TYPE_CHECKING:
     from napari_milkd._widget.background import Background, Steps
     from napari_milkd._widget.slide_layers import SlideLayers
+    from napari_milkd.core.annotations.io import AnnotationReport
     from napari_milkd.core.session.slide_session import SlideSession
     from napari_milkd.core.slides.geometry import SlideWork
 
@@ -60,6 +69,9 @@ class WeakLabelsPart:
         # What the tiles layer shows now, per tile (see slide_layers.tile_values).
         self._tile_values: np.ndarray | None = None
         self.bag_rule_combo.currentIndexChanged.connect(self._bag_rule_chosen)
+        # A class table read in a worker, shown once its job has ended (see read_import_classes).
+        self._read_report: tuple[SlideSession, str | Path, AnnotationReport] | None = None
+        self._watching_reads = False  # self.jobs is made after this: connected at the first read
 
     def put_tiles_layer(self, work: SlideWork) -> Labels:
         """The tiles layer of a prepared slide: every tile outlined in the colour of the bag it makes
@@ -215,8 +227,46 @@ class WeakLabelsPart:
             notify_error(exc)
 
     def review_import(self, path: str | Path) -> ClassMapDialog | None:
-        """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing."""
+        """The class table of ``path``, before anything is painted; OK imports, Cancel paints nothing.
+        Reads the file here, on the calling thread (tests, scripts); *Import…* uses
+        :meth:`read_import_classes`, which reads it in a worker."""
         return class_map_dialog(self._prepared(), path, self, self.import_regions)
+
+    def read_import_classes(self, path: str | Path) -> None:
+        """*Import…* with a chosen file: its class table is read in a worker (the widget busy, the status
+        line "reading <name>…"), then the dialog of :meth:`review_import` opens on the GUI thread once
+        the job has ended; OK imports (:meth:`import_regions`), Cancel paints nothing. An unreadable
+        file is one error notification; a table read for a slide that was prepared again meanwhile is
+        dropped."""
+        session = self._prepared()
+        if session is None:
+            notify_error("prepare the slide first")
+            return
+        if self._refuse_when_busy():
+            return
+        if not self._watching_reads:
+            self.jobs.busy_changed.connect(self._show_read_report)
+            self._watching_reads = True
+
+        def read(report: AnnotationReport) -> None:
+            """Back on the GUI thread; the dialog opens when the job has ended (so OK can import)."""
+            self._read_report = (session, path, report) if self._prepared() is session else None
+
+        self._read_report = None
+        job = partial(read_class_report, session, path)
+        self.jobs.run(job, text=f"reading {Path(path).name}…", done=read, failed="")
+
+    def _show_read_report(self) -> None:
+        """The jobs' busy state changed: once the reading job has ended, show the table it read. Here,
+        not in the job's ``done`` (where the job still runs), so that OK can start the import job."""
+        if self._read_report is None or self.jobs.busy:
+            return
+        (session, path, report), self._read_report = self._read_report, None
+        if self._prepared() is not session:
+            return  # the slide was prepared again meanwhile
+        dialog = report_dialog(session, report, path, self, self.import_regions)
+        dialog.exec()
+        dialog.deleteLater()
 
     def import_start_folder(self) -> str:
         """Where the Import… dialog opens: the folder of the last import, else the project's folder."""
@@ -230,9 +280,7 @@ class WeakLabelsPart:
         )[0]
         if path:
             self._last_import_folder = str(Path(path).parent)
-        if path and (dialog := self.review_import(path)) is not None:
-            dialog.exec()
-            dialog.deleteLater()
+            self.read_import_classes(path)
 
     def _on_weak_edit(self, *_: object) -> None:
         """A stroke or a new map in the weak-labels layer (whose data is the session's map)."""
