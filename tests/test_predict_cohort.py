@@ -181,6 +181,9 @@ _CAPPED = textwrap.dedent(
     import napari_milkd.core.engine.train, scipy.ndimage, skimage.morphology, skimage.transform
     import skimage.color, skimage.filters, shapely, zarr, openslide
     from napari_milkd.cli import main
+    import torch
+    torch.ones(1 << 17).sum()  # OpenMP's threads start now, as InferenceRuntime starts them (libgomp aborts
+    # a process that cannot create them, with no Python error to report: not what this test is about)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()

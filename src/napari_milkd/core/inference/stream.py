@@ -165,6 +165,11 @@ class InferenceRuntime:
         self.compile = bool(compile)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+        elif self.device.type == "cpu":
+            # OpenMP starts its worker threads at the first parallel operation. Start them now, while
+            # memory is plentiful: later, under a memory limit (ulimit -v), libgomp cannot create them and
+            # aborts the process, which no Python handler can turn into a one-line error.
+            torch.ones(1 << 17).sum()
 
     def prepare(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """Move ``model`` to the device in eval mode; return ``x (N,3,H,W) float → fused prob (N,H,W)``."""
