@@ -268,14 +268,18 @@ def main() -> None:
                 emit({**setting, "what": model, "seed": seed, **evaluate(out, run_dir, model)}, results)
     if "full" in steps:
         folder = full_tiles(out, a.work_mpp, a.tile)
-        run_dir = out / f"{tag}_full_s0"
-        cmd = [*MILKD, "train", "--images", str(folder / "images"), "--labels", str(folder / "labels.csv"),
-               "--name-column", "name", "--label-column", "label", "--positive", "malignant",
-               "--masks", str(folder / "masks"), "--patient-column", "patient", "--supervision", "full",
-               "--size", str(a.tile), "--image-mpp", f"{a.work_mpp:g}", "--out", str(run_dir), *common,
-               "--seed", "0"]  # fmt: skip
-        emit({**setting, "what": "train full", "seed": 0, **timed(cmd, out / f"{run_dir.name}.log")}, results)
-        emit({**setting, "what": "full supervision", "seed": 0, **evaluate(out, run_dir, "auto")}, results)
+        for seed in a.seeds:
+            run_dir = out / f"{tag}_full_s{seed}"
+            cmd = [*MILKD, "train", "--images", str(folder / "images"),
+                   "--labels", str(folder / "labels.csv"), "--name-column", "name",
+                   "--label-column", "label", "--positive", "malignant",
+                   "--masks", str(folder / "masks"), "--patient-column", "patient", "--supervision", "full",
+                   "--size", str(a.tile), "--image-mpp", f"{a.work_mpp:g}", "--out", str(run_dir), *common,
+                   "--seed", str(seed)]  # fmt: skip
+            trained = timed(cmd, out / f"{run_dir.name}.log")
+            emit({**setting, "what": "train full", "seed": seed, **trained}, results)
+            scored = evaluate(out, run_dir, "auto")
+            emit({**setting, "what": "full supervision", "seed": seed, **scored}, results)
     if "rss" in steps:
         slide = big_slide(out)
         cmd = [*MILKD, "predict", "--run", str(out / f"{tag}_s{a.seeds[0]}"), str(slide), "--out",
