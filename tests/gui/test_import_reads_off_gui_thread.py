@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 from settle import settle
+from test_import_classes import WEAK, _open
 
 from napari_milkd._widget import SlideWidget, class_map_dialog, slide_weak, slide_widget
 from napari_milkd.core.session.weak_labels import REGION_TUMOUR
 
-WEAK = "milkd synthetic sample weak labels"
 #: A level-0 square (x0, y0) of side SIDE; the sample slide is 4608 × 3072.
 SIDE = 400
 TUMOUR = (200, 200)
@@ -36,15 +36,6 @@ def _annotation_file(path: Path) -> Path:
     }
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     return path
-
-
-def _open(make_napari_viewer, qtbot) -> tuple[object, SlideWidget]:
-    viewer = make_napari_viewer(show=False)
-    viewer.open_sample("napari-milkd", "sample_slide")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
-    widget.prepare_button.click()
-    qtbot.waitUntil(lambda: WEAK in viewer.layers and widget.training.worker is None, timeout=60_000)
-    return viewer, widget
 
 
 def _tumour_value(viewer, widget: SlideWidget) -> int:
