@@ -165,3 +165,35 @@ def test_streamed_map_with_onnx_backend_equals_torch(tmp_path, monkeypatch):
         maps.append(out)
     assert maps[0].max() > 0
     np.testing.assert_allclose(maps[1], maps[0], atol=1e-4)
+
+
+def test_the_cache_keeps_the_newest_exports_within_its_size(tmp_path, monkeypatch):
+    import os
+
+    from napari_milkd.core.inference import onnx_backend
+    from napari_milkd.core.inference.onnx_backend import prune_cache
+
+    graphs = []
+    for age in range(5):  # five 100-byte graphs, the first the newest
+        path = tmp_path / f"g{age}.onnx"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+        graphs.append(path)
+    (tmp_path / "notes.txt").write_text("not a graph")
+    assert prune_cache(tmp_path, keep=graphs[0], max_bytes=250) == graphs[2:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g0.onnx", "g1.onnx", "notes.txt"]
+    # the graph just exported stays even when it alone is over the budget
+    assert prune_cache(tmp_path, keep=graphs[1], max_bytes=50) == [graphs[0]]
+    assert [p.name for p in tmp_path.glob("*.onnx")] == ["g1.onnx"]
+
+    # prepare_onnx prunes after an export: with room for one graph, a second model's export replaces it
+    _need_onnx()
+    monkeypatch.setattr(onnx_backend, "CACHE_MAX_BYTES", 1)
+    cache = tmp_path / "cache"
+    x = torch.rand(2, 3, 32, 32)
+    onnx_backend.prepare_onnx(_model("tiny"), cache_dir=cache, threads=1)(x)
+    (first,) = cache.glob("*.onnx")
+    got = onnx_backend.prepare_onnx(_model("tiny", seed=1), cache_dir=cache, threads=1)(x)
+    (second,) = cache.glob("*.onnx")
+    assert second != first
+    torch.testing.assert_close(got, _reference(_model("tiny", seed=1), x), atol=1e-4, rtol=1e-4)

@@ -24,7 +24,9 @@ tracing, which would otherwise switch the model's BatchNorm layers to training m
 Cache. ``<cache>/<fingerprint>-<H>x<W>-opset<N>.onnx``, where the fingerprint is the SHA-1 of the model's
 weights (:func:`~.stream.model_fingerprint`) together with the torch version and the model's class, and
 ``<cache>`` is ``cache_dir``, else ``$MILKD_CACHE_DIR/onnx``, else the user cache folder's ``onnx``. The
-file is written atomically, so concurrent workers at worst export twice, never read half a file.
+file is written atomically, so concurrent workers at worst export twice, never read half a file. After
+each export the cache keeps at most :data:`CACHE_MAX_BYTES` of graphs, the most recent exports first
+(:func:`prune_cache`); a graph removed is exported again when it is next needed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 OPSET = 17
 #: Name of the cache subfolder (under ``$MILKD_CACHE_DIR`` or the user cache folder).
 CACHE_SUBDIR = "onnx"
+#: Most bytes of exported graphs the cache keeps (efficientnet_lite0 ≈ 14 MB a graph, vgg16 ≈ 60 MB).
+CACHE_MAX_BYTES = 1 << 30
 
 
 def _importable(name: str) -> bool:
@@ -104,6 +108,33 @@ def export_key(model: torch.nn.Module) -> str:
 def cache_path(folder: str | os.PathLike[str], key: str, height: int, width: int) -> Path:
     """The cached graph of the model with :func:`export_key` ``key`` for ``height`` × ``width`` inputs."""
     return Path(folder) / f"{key}-{int(height)}x{int(width)}-opset{OPSET}.onnx"
+
+
+def prune_cache(
+    folder: str | os.PathLike[str], keep: str | os.PathLike[str], max_bytes: int | None = None
+) -> list[Path]:
+    """Delete the oldest exported graphs (``*.onnx``, by modification time) in ``folder`` until the rest
+    take at most ``max_bytes`` (default :data:`CACHE_MAX_BYTES`); ``keep`` (the graph just exported)
+    always stays. Returns what was deleted.
+    Files another process removes meanwhile are skipped (a session already open keeps its graph in
+    memory)."""
+    stamped = []
+    for path in Path(folder).glob("*.onnx"):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        stamped.append((info.st_mtime_ns, info.st_size, path))
+    stamped.sort(reverse=True)
+    limit = CACHE_MAX_BYTES if max_bytes is None else max_bytes
+    total, removed = 0, []
+    for _, size, path in stamped:
+        total += size
+        if total > limit and path != Path(keep):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            total -= size
+    return removed
 
 
 def fused_prob_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -210,6 +241,7 @@ def prepare_onnx(
             path = cache_path(folder, key, height, width)
             if not path.is_file():
                 export_onnx(model, path, height=height, width=width)
+                prune_cache(folder, path)
             try:
                 session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
             except Exception:  # a damaged cache file (ORT raises its own types): export it again, once
