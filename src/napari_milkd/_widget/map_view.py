@@ -105,7 +105,6 @@ class MapView(QWidget):
         colormap, opacity, blending = MAP_STYLE[choice]
         if layer is None or layer.data.shape != data.shape:
             layer = self._layers.put_image(LAYER, data, contrast_limits=(0, 1))
-        else:
+        elif layer.data is not data:  # the session's own array again (another stage finished): no refill
             layer.data = data
         layer.colormap, layer.opacity, layer.blending, layer.visible = colormap, opacity, blending, True
-        layer.metadata["milkd_map"] = choice

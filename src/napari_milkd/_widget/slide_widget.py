@@ -114,8 +114,6 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
-        #: The slide's workflow; None until *Prepare slide* has run once.
-        self.session: SlideSession | None = None
         self._planned: tuple[str, SlideSession] | None = None
         self._bags = (0, 0)  # positive and negative bags of the prepared slide
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -264,7 +262,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
 
     def _adopt_steps(self, prepared: _Prepared) -> Steps:
         """Prepare's GUI half: the session becomes the widget's, then its layers are put one per step
-        (tissue, tiles, weak labels, each restored stage's), in the order they always had."""
+        (tiles, weak labels, each restored stage's mask), then the map the dock shows is refilled."""
         assert self._planned is not None
         slide_name, session = self._planned
         work, restored = prepared.work, prepared.restored
@@ -452,8 +450,8 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self.jobs.run(job, text=f"{output.stage}: saving its map…", done=taken, failed="")
 
     def _stage_taken(self, session: SlideSession, accepted: AcceptedMap) -> Steps:
-        """A finished stage's GUI half, one layer per step: its probability image, then (the map made the
-        session's) its mask and the disagreement; the status line says it is done after the last."""
+        """A finished stage's GUI half in steps: the map becomes the session's, then its mask layer (and the
+        map the dock shows, refilled); the status line says it is done after the last."""
         output = accepted.output
         if self.session is not session:
             return

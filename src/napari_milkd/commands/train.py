@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_milkd.core.engine.config import BACKBONES, NETS
+from napari_milkd.core.engine.config import BACKBONES, NETS, SETTING_CHOICES
 from napari_milkd.core.engine.presets import PRESET_NAMES, schedule
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import InputError, write_error
@@ -228,10 +228,10 @@ def register(subparsers: Any) -> None:
         help="H&E stain jitter when augmenting: each stain scaled by 1 ± SIGMA and shifted by ± SIGMA "
         "(optical density); default 0 (flips and rotations only)",
     )
-    p.add_argument("--supervision", choices=("weak", "full"), default="weak")
+    p.add_argument("--supervision", choices=SETTING_CHOICES["supervision"], default="weak")
     p.add_argument(
         "--select-on",
-        choices=("weak", "agreement", "masks"),
+        choices=SETTING_CHOICES["select_on"],
         default=None,
         help="model-selection criterion on the validation split: weak (validation loss), agreement (weak "
         "labels only: false-positive area on negatives, tumour found / agreement with the first teacher on "

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from napari_milkd.core.atomic import atomic_path
-from napari_milkd.core.engine.config import BACKBONES, TrainConfig
+from napari_milkd.core.engine.config import BACKBONES, SETTING_CHOICES, TrainConfig
 from napari_milkd.core.engine.spec import checkpoint_spec
 from napari_milkd.core.errors import CheckpointError
 
@@ -49,12 +49,7 @@ MAX_SIZE = 4096
 #: The tensor dicts a checkpoint may hold; every one must be tensors only, every value finite.
 _WEIGHT_KEYS = ("model", "last_model", "teacher_model")
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": BACKBONES,
-    "teacher_loss": ("dice", "gm_bce"),
-    "supervision": ("weak", "full"),
-    "select_on": ("weak", "agreement", "masks"),
-}
+_CHOICES: dict[str, tuple[str, ...]] = {"backbone": BACKBONES, **SETTING_CHOICES}
 
 #: (lowest, highest) allowed per numeric config field (inclusive; None = unbounded).
 _RANGES: dict[str, tuple[float | None, float | None]] = {

@@ -17,6 +17,15 @@ Stage = Literal["teacher", "student", "full"]
 BACKBONES: tuple[str, ...] = ("vgg16", "efficientnet_lite0", "tiny")
 #: MIL net names it accepts (``TrainConfig.net``), the default first.
 NETS: tuple[str, ...] = ("dws_mil", "sa_mil")
+#: The allowed values of the enumerated text settings of :class:`TrainConfig` (field → choices); checked
+#: by ``presets.schedule``, by the trainer (``select_on``) and when a checkpoint's config is read.
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {
+    "teacher_loss": ("dice", "gm_bce"),
+    "supervision": ("weak", "full"),
+    "select_on": ("weak", "agreement", "masks"),
+    "student_init": ("weights", "teacher"),
+    "ce_target": ("hard", "soft"),
+}
 
 
 @dataclass(frozen=True)

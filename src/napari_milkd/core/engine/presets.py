@@ -17,7 +17,7 @@ from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
-from napari_milkd.core.engine.config import TrainConfig
+from napari_milkd.core.engine.config import SETTING_CHOICES, TrainConfig
 from napari_milkd.core.errors import InputError
 
 #: The named presets: each is the :class:`TrainConfig` fields it changes from the defaults.
@@ -86,19 +86,9 @@ def schedule(preset: str = "quick", **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-#: The allowed values of the enumerated settings (``TrainConfig`` field → choices).
-CHOICES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "teacher_loss": ("dice", "gm_bce"),
-        "student_init": ("weights", "teacher"),
-        "ce_target": ("hard", "soft"),
-    }
-)
-
-
 def _check_choices(values: dict[str, Any]) -> None:
-    """Refuse enumerated settings outside :data:`CHOICES` and loss or fusion weights a net cannot use."""
-    for name, choices in CHOICES.items():
+    """Refuse enumerated settings outside ``SETTING_CHOICES`` and loss or fusion weights a net cannot use."""
+    for name, choices in SETTING_CHOICES.items():
         if values[name] not in choices:
             raise InputError(
                 f"{name.replace('_', ' ')} must be one of {', '.join(choices)}, got {values[name]!r}"

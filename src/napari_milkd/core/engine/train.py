@@ -43,6 +43,7 @@ from napari_milkd.core.engine.checkpoint import (
     save_checkpoint,
 )
 from napari_milkd.core.engine.config import (
+    SETTING_CHOICES,
     BatchProgress,
     BatchSizeReduced,
     EpochEnd,
@@ -188,15 +189,14 @@ def _mask_score(prob: torch.Tensor, gt: torch.Tensor, labels: torch.Tensor, thre
     pred = (prob >= threshold).flatten(1).float()
     gt = gt.flatten(1).float() * labels.view(-1, 1).float()
     pos = labels.view(-1) > 0.5
-    p = torch.where(pos.view(-1, 1), pred, 1 - pred)
-    g = torch.where(pos.view(-1, 1), gt, 1 - gt)
-    denom = p.sum(1) + g.sum(1)
-    return torch.where(denom > 0, 2 * (p * g).sum(1) / denom.clamp_min(1), torch.ones_like(denom))
+    return _binary_dice(
+        torch.where(pos.view(-1, 1), pred, 1 - pred), torch.where(pos.view(-1, 1), gt, 1 - gt)
+    )
 
 
 #: Model-selection criteria a run can select on (``TrainConfig.select_on``); every one available is
 #: recorded for every epoch in the history (``"val"``), whichever drives the selection.
-SELECT_ON: tuple[str, ...] = ("weak", "agreement", "masks")
+SELECT_ON: tuple[str, ...] = SETTING_CHOICES["select_on"]
 
 #: Weight of the hand-corrected validation pixels in the ``"agreement"`` score when there are any.
 CORRECTION_WEIGHT = 0.5
@@ -615,7 +615,6 @@ def _run_epochs(
             loss_sum += loss.detach() * len(idx)
             yield BatchProgress(stage, epoch, n_epochs, b, b + len(pending), loss_value)
         train_loss = float(loss_sum) / len(train)
-        validator.last_scores = {}
         score = validator.score(model)
         scores = validator.last_scores
         is_best = best_state is None or (score is not None and best_score is not None and score > best_score)
@@ -833,7 +832,7 @@ def distill_student(
     teacher_net.requires_grad_(False)
     student = new_model(config, _STAGE_SEED[stage])
     if config.student_init == "teacher":
-        student.load_state_dict(clone_state(teacher_net.state_dict()))
+        student.load_state_dict(teacher_net.state_dict())  # copies the values: no aliasing
     model = rt.prepare(student)
     try:
         validator = _Validator(val, config, rt, stage)
