@@ -5,7 +5,9 @@ Owns the attention block. May import torch and :mod:`.dws_mil`; nothing else.
 SA-MIL (Li et al., *Medical Image Analysis* 2023) adds self-attention to a deeply supervised MIL net, so a
 pixel's score can draw on distant pixels of the same tissue (a gland's lumen on its epithelium). Here one
 block refines the deepest encoder features before their side output: ``x + γ · softmax(QKᵀ/√d) V``, with
-``γ`` initialised to 0 (the net starts as DWS-MIL), queries at every position and keys/values average-
+the value projection initialised to zero and ``γ`` to 1 (the net starts as DWS-MIL, yet the attention
+learns from the first step: SAGAN's ``γ = 0`` start moved γ by one Adam step per batch and left it at
+~10⁻³ after the quick schedule, docs/benchmarks.md), queries at every position and keys/values average-
 pooled to at most :data:`KV_SIDE` × :data:`KV_SIDE` positions (bounded memory: VGG16's deepest map at
 256² input has 4 096 positions). Inputs, outputs and fusion are :class:`~.dws_mil.DWSMILNet`'s, so every
 loss, the distillation and prediction take either net.
@@ -26,7 +28,10 @@ KV_SIDE = 32
 
 
 class SelfAttention2d(nn.Module):
-    """Self-attention over the positions of a (N, C, H, W) map, residual, gated by a learnt ``gamma``."""
+    """Self-attention over the positions of a (N, C, H, W) map, residual, gated by a learnt ``gamma``.
+
+    Starts as the identity: the value projection is zero, ``gamma`` is 1 so its gradient is not.
+    """
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()
@@ -34,7 +39,9 @@ class SelfAttention2d(nn.Module):
         self.query = nn.Conv2d(channels, inner, 1)
         self.key = nn.Conv2d(channels, inner, 1)
         self.value = nn.Conv2d(channels, channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        nn.init.zeros_(self.value.weight)
+        nn.init.zeros_(self.value.bias)  # type: ignore[arg-type]
+        self.gamma = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` plus ``gamma`` times what each position attends to."""
