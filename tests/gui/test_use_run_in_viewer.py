@@ -51,8 +51,11 @@ def test_use_a_trained_run_shows_its_masks(make_napari_viewer, qtbot, tmp_path: 
 
     before = len(notification_manager.records)
     widget.use_run_button.click()
+    assert widget.busy  # the run's checkpoints are read and checked by a worker, not the GUI thread
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert any("trained at 1 µm/px with 32 px tiles" in m for m in messages), messages
+    assert "trained at 1 µm/px" in widget.training.status.text()
     assert widget.layers.get("teacher mask") is None
 
     widget.tile_spin.setValue(32)

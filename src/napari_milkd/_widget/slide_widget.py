@@ -60,12 +60,23 @@ from napari_milkd.core.slides.geometry import SlideWork
 if TYPE_CHECKING:
     import napari
 
+    from napari_milkd.core.engine.config import TrainConfig
+
 MPP_HINT = "enter it and press 'Set µm/px' first"
 
 
 def _run(job: Generator[JobEvent, None, Any]) -> Generator[JobEvent, None, Any]:
     """Worker body: drive a job a session (or a group) made on the main thread (it holds copies only)."""
     return (yield from job)
+
+
+def _use_run(
+    session: SlideSession, folder: str | Path, config: TrainConfig
+) -> Generator[JobEvent, None, Any]:
+    """Worker body of "Use a trained run…": the run's checks and copies happen here too (reading a
+    checkpoint imports torch and loads the model: seconds on the GUI thread); a refusal changes nothing
+    and reaches the user as the job's error."""
+    return (yield from session.use_run_job(folder, config))
 
 
 #: Longest a Prepare worker waits for the GUI thread to show what it read (a safety net: it is set
@@ -375,11 +386,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         if session is None or session.work is None or self._refuse_when_busy():
             return
         self._flush_edits()
-        try:
-            job = session.use_run_job(folder, self.training.config(session.work.grid.tile))
-        except (MilkdError, OSError) as exc:
-            notify_error(exc)
-            return
+        job = _use_run(session, folder, self.training.config(session.work.grid.tile))
         self._run_job(job, f"predicting with {Path(folder).name}…", done=self._run_models_done)
 
     def _run_models_done(self, outputs: list[StageOutput]) -> None:
