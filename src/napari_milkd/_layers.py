@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from napari_milkd.core.slides.slide import SlideSource
-from napari_milkd.core.slides.zarr_store import slide_levels
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -48,6 +47,8 @@ def slide_image_layer(source: SlideSource, name: str | None = None) -> LayerData
     ``metadata[SLIDE_META]`` holds the slide facts (path, vendor, levels, µm/px, objective power) plus
     ``mpp_source`` and ``mpp_known``.
     """
+    from napari_milkd.core.slides.zarr_store import slide_levels  # zarr: ~0.3 s, not needed by the dock
+
     info = source.info
     facts = info.to_dict() | {"mpp_source": info.mpp_source, "mpp_known": info.has_mpp}
     kwargs: dict[str, Any] = {

@@ -41,10 +41,10 @@ from napari_milkd.core.annotations.classes import (
     POSITIVE,
     UNCLASSIFIED,
 )
-from napari_milkd.core.annotations.io import AnnotationReport, annotation_report, read_annotations
 from napari_milkd.core.errors import MilkdError
 
 if TYPE_CHECKING:
+    from napari_milkd.core.annotations.io import AnnotationReport
     from napari_milkd.core.session.slide_session import SlideSession
 
 #: What each label means in the weak-label map, as the label boxes show it.
@@ -67,6 +67,8 @@ DESTINATIONS: dict[str, str] = {
 def read_class_report(session: SlideSession, path: str | Path) -> AnnotationReport:
     """The class table of ``path`` under the default class map, as the slide will read it (clipped to
     the slide, its bounds offset applied); nothing is painted. Raises what the core reader raises."""
+    from napari_milkd.core.annotations.io import annotation_report, read_annotations  # off the dock's import
+
     result = read_annotations(path, slide_shape_l0=session.info.shape, offset_l0=session.info.offset_l0)
     return annotation_report(result)
 

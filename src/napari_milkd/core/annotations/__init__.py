@@ -4,7 +4,8 @@ Owns the geometry of exported and imported annotations and every byte of those f
 import numpy, scipy, shapely (2.x), defusedxml, zarr, the standard library, ``core.atomic`` and
 ``core.errors``; never torch, napari or Qt.
 
-Modules (each imports only those above it; this package re-exports their public names):
+Modules (each imports only those above it; this package re-exports their public names, each imported
+on first use, so that reading a constant of :mod:`.classes` does not import scipy and shapely):
 
 - :mod:`.model`: :class:`Annotation`, :class:`ImportResult`, :class:`AnnotationWarning` and the
   ``RGB``/``RGBA``/``Geometry`` aliases;
@@ -35,89 +36,63 @@ importer can repair or skip are returned as warnings (one line each) next to the
 
 from __future__ import annotations
 
-from .asap import ASAP_EXCLUSION_GROUP, ASAP_POSITIVE_GROUPS, read_asap_xml, write_asap_xml
-from .classes import (
-    CLASS_LABELS,
-    DEFAULT_CLASS_MAP,
-    DEFAULT_CLASS_TO_LABEL,
-    EXCLUSION,
-    IGNORED,
-    NEGATIVE,
-    POSITIVE,
-    ClassCount,
-    base_class,
-    class_label,
-    class_table,
-    describe_classes,
-    labels_from_annotations,
-    load_class_map,
-    regions_from_annotations,
-)
-from .common import DEFAULT_CLASS_COLORS, MAX_COORDINATE_L0
-from .geojson import measurement_name, object_type, qupath_class, read_geojson, write_geojson
-from .geometry import (
-    labels_to_polygons,
-    mask_to_polygons,
-    polygonal_parts,
-    polygons_to_index,
-    polygons_to_mask,
-)
-from .model import RGB, RGBA, Annotation, AnnotationWarning, Geometry, ImportResult
-from .omezarr import (
-    DEFAULT_CLASS_NAMES,
-    DEFAULT_LABEL_COLORS,
-    extend_pyramid,
-    ome_multiscales,
-    ome_zarr_transform,
-    pyramid_levels,
-    read_ome_zarr_labels,
-    write_ome_zarr_labels,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ASAP_EXCLUSION_GROUP",
-    "ASAP_POSITIVE_GROUPS",
-    "CLASS_LABELS",
-    "DEFAULT_CLASS_COLORS",
-    "DEFAULT_CLASS_MAP",
-    "DEFAULT_CLASS_NAMES",
-    "DEFAULT_CLASS_TO_LABEL",
-    "DEFAULT_LABEL_COLORS",
-    "EXCLUSION",
-    "IGNORED",
-    "MAX_COORDINATE_L0",
-    "NEGATIVE",
-    "POSITIVE",
-    "RGB",
-    "RGBA",
-    "Annotation",
-    "AnnotationWarning",
-    "ClassCount",
-    "Geometry",
-    "ImportResult",
-    "base_class",
-    "class_label",
-    "class_table",
-    "describe_classes",
-    "extend_pyramid",
-    "labels_from_annotations",
-    "labels_to_polygons",
-    "load_class_map",
-    "mask_to_polygons",
-    "measurement_name",
-    "object_type",
-    "ome_multiscales",
-    "ome_zarr_transform",
-    "polygonal_parts",
-    "polygons_to_index",
-    "polygons_to_mask",
-    "pyramid_levels",
-    "qupath_class",
-    "read_asap_xml",
-    "read_geojson",
-    "read_ome_zarr_labels",
-    "regions_from_annotations",
-    "write_asap_xml",
-    "write_geojson",
-    "write_ome_zarr_labels",
-]
+#: Submodule → the public names this package re-exports from it (imported when first asked for).
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "asap": ("ASAP_EXCLUSION_GROUP", "ASAP_POSITIVE_GROUPS", "read_asap_xml", "write_asap_xml"),
+    "classes": (
+        "CLASS_LABELS",
+        "DEFAULT_CLASS_MAP",
+        "DEFAULT_CLASS_TO_LABEL",
+        "EXCLUSION",
+        "IGNORED",
+        "NEGATIVE",
+        "POSITIVE",
+        "ClassCount",
+        "base_class",
+        "class_label",
+        "class_table",
+        "describe_classes",
+        "labels_from_annotations",
+        "load_class_map",
+        "regions_from_annotations",
+    ),
+    "common": ("DEFAULT_CLASS_COLORS", "MAX_COORDINATE_L0"),
+    "geojson": ("measurement_name", "object_type", "qupath_class", "read_geojson", "write_geojson"),
+    "geometry": (
+        "labels_to_polygons",
+        "mask_to_polygons",
+        "polygonal_parts",
+        "polygons_to_index",
+        "polygons_to_mask",
+    ),
+    "model": ("RGB", "RGBA", "Annotation", "AnnotationWarning", "Geometry", "ImportResult"),
+    "omezarr": (
+        "DEFAULT_CLASS_NAMES",
+        "DEFAULT_LABEL_COLORS",
+        "extend_pyramid",
+        "ome_multiscales",
+        "ome_zarr_transform",
+        "pyramid_levels",
+        "read_ome_zarr_labels",
+        "write_ome_zarr_labels",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a re-exported name's submodule on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_milkd.core.annotations.geometry import polygons_to_index
 from napari_milkd.core.annotations.model import Annotation, AnnotationWarning, Geometry
 from napari_milkd.core.errors import InputError
 
@@ -254,6 +253,8 @@ def regions_from_annotations(
         elif label in values:
             painted.append(annotation)
             lut.append(int(values[label]))
+    from napari_milkd.core.annotations.geometry import polygons_to_index  # scipy, shapely: on first use
+
     index = polygons_to_index([*painted, *exclusions], shape, downsample)
     table = np.asarray(lut + [0] * len(exclusions), dtype=np.uint8)
     excluded = index > len(painted)
@@ -297,6 +298,8 @@ def labels_from_annotations(
             continue
         items.append(item)
         lut.append(value)
+    from napari_milkd.core.annotations.geometry import polygons_to_index
+
     out = np.asarray(lut, dtype=np.uint8)[polygons_to_index(items, shape, downsample)]
     for key, n in ignored.items():
         _warnings.warn(
