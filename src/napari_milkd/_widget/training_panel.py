@@ -1,8 +1,10 @@
 """The training form both widgets share, and how job events show up in it.
 
-:class:`TrainingPanel` shows backbone, device, epochs and batch size, a progress bar, a status line, a
-loss plot and Cancel. The numbers are magicgui widgets made from the preset's
-:class:`~napari_milkd.core.engine.config.TrainConfig` defaults, named after its fields; :meth:`config`
+:class:`TrainingPanel` shows backbone, MIL net, device, epochs and batch size, a progress bar, a status
+line, a loss plot and Cancel. Each setting's label, range, choices and tooltip come from its one
+description (:data:`~napari_milkd.core.engine.settings.SETTINGS`, which the CLI flags are made from too);
+the numbers are magicgui widgets starting at the preset's
+:class:`~napari_milkd.core.engine.config.TrainConfig` values, named after its fields; :meth:`config`
 hands them to :func:`~napari_milkd.core.engine.presets.schedule`, which owns the policy (student length,
 role reversals), so the widget, the CLI and the demo cannot drift apart. Event text comes from
 :func:`~napari_milkd.core.progress.describe`, the bar from :func:`~napari_milkd.core.progress.progress_of`.
@@ -22,22 +24,35 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgres
 from napari_milkd._widget.qt_helpers import LazyComboBox, LossPlot, notify_error
 from napari_milkd.core import progress
 from napari_milkd.core.engine import presets
-from napari_milkd.core.engine.config import NETS, EpochEnd, TrainConfig
+from napari_milkd.core.engine.config import EpochEnd, TrainConfig
+from napari_milkd.core.engine.settings import SETTINGS
 from napari_milkd.core.runtime import free_device_memory
 
 #: The preset the form starts from (what the widget and `milkd demo` use).
 PRESET = "quick"
-BACKBONES = ("efficientnet_lite0", "tiny", "vgg16")
-#: The numeric settings the form shows: TrainConfig field → (label, largest value, tooltip).
-NUMBERS: dict[str, tuple[str, int, str]] = {
-    "teacher_epochs": ("teacher", 500, "epochs of the MIL teacher"),
-    "student_epochs": (
-        "student",
-        1000,
-        "the student needs longer than the teacher; role reversal every third",
-    ),
-    "batch_size": ("Batch size", 256, "tiles per training step (halved automatically when the GPU is full)"),
-}
+#: The numeric settings the form shows, as spin boxes (label, range and tooltip from their description).
+NUMBERS: tuple[str, ...] = ("teacher_epochs", "student_epochs", "batch_size")
+
+
+def _combo(name: str, current: str) -> QComboBox:
+    """A combo box of setting ``name``'s choices, with its description as the tooltip, showing ``current``."""
+    combo = QComboBox()
+    combo.addItems(SETTINGS[name].choices)
+    combo.setCurrentText(current)
+    combo.setToolTip(SETTINGS[name].help)
+    return combo
+
+
+def _spin_box(name: str, value: int) -> ValueWidget:
+    """A magicgui spin box for the whole-number setting ``name`` (1 to its maximum), starting at ``value``."""
+    setting = SETTINGS[name]
+    return create_widget(
+        value=value,
+        annotation=int,
+        name=name,
+        label=setting.label,
+        options={"min": 1, "max": setting.maximum, "tooltip": setting.help},
+    )
 
 
 class TrainingPanel(QWidget):
@@ -55,33 +70,14 @@ class TrainingPanel(QWidget):
         self._holder: list[Any] = [None]
         self._aborted_text = ""
         defaults = presets.schedule(preset)
-        self.backbone_combo = QComboBox()
-        self.backbone_combo.addItems(BACKBONES)
-        self.backbone_combo.setCurrentText(defaults.backbone)
-        self.backbone_combo.setToolTip(
-            "efficientnet_lite0: ImageNet weights shipped with the plugin; vgg16: the paper's (needs its "
-            "weights file or a network connection); tiny: seconds on a CPU, for trying things out"
-        )
-        self.net_combo = QComboBox()
-        self.net_combo.addItems(NETS)
-        self.net_combo.setCurrentText(defaults.net)
-        self.net_combo.setToolTip(
-            "The MIL net of teacher and student. dws_mil: deeply supervised side outputs (the paper's); "
-            "sa_mil: the same with self-attention on the deepest features (after SA-MIL)"
-        )
+        self.backbone_combo = _combo("backbone", defaults.backbone)
+        self.net_combo = _combo("net", defaults.net)
         self.device_combo = LazyComboBox(self._fill_devices)
         self.device_combo.addItem("auto", "auto")
         self.device_combo.addItem("cpu", "cpu")
         #: magicgui spin boxes named after TrainConfig fields, starting at the preset's values.
         self.numbers: dict[str, ValueWidget] = {
-            name: create_widget(
-                value=getattr(defaults, name),
-                annotation=int,
-                name=name,
-                label=label,
-                options={"min": 1, "max": maximum, "tooltip": tip},
-            )
-            for name, (label, maximum, tip) in NUMBERS.items()
+            name: _spin_box(name, getattr(defaults, name)) for name in NUMBERS
         }
         self.teacher_epochs = self.numbers["teacher_epochs"]
         self.student_epochs = self.numbers["student_epochs"]
@@ -94,8 +90,8 @@ class TrainingPanel(QWidget):
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Backbone", self.backbone_combo)
-        form.addRow("MIL net", self.net_combo)
+        form.addRow(SETTINGS["backbone"].label, self.backbone_combo)
+        form.addRow(SETTINGS["net"].label, self.net_combo)
         form.addRow("Device", self.device_combo)
         epochs = QHBoxLayout()
         for name in ("teacher_epochs", "student_epochs"):
@@ -114,11 +110,11 @@ class TrainingPanel(QWidget):
         are. Returns what changed, in words."""
         changed: list[str] = []
         backbone = saved.get("backbone")
-        if backbone in BACKBONES and backbone != self.backbone_combo.currentText():
+        if backbone in SETTINGS["backbone"].choices and backbone != self.backbone_combo.currentText():
             self.backbone_combo.setCurrentText(backbone)
             changed.append(f"backbone {backbone}")
         net = saved.get("net")
-        if net in NETS and net != self.net_combo.currentText():
+        if net in SETTINGS["net"].choices and net != self.net_combo.currentText():
             self.net_combo.setCurrentText(net)
             changed.append(f"MIL net {net}")
         for name, widget in self.numbers.items():

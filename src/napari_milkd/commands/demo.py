@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_milkd.commands._settings import add_setting_flags
 from napari_milkd.core.engine.presets import PRESET_NAMES
 
 
@@ -31,9 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mpp", type=float, default=None, help="µm/px when the slide does not say")
     parser.add_argument("--work-mpp", type=float, default=1.0, help="working resolution, µm/px (default 1)")
     parser.add_argument("--tile", type=int, default=128, help="tile size in pixels (default 128)")
-    parser.add_argument(
-        "--backbone", default=None, help="vgg16, efficientnet_lite0 or tiny (default: the preset's)"
-    )
+    add_setting_flags(parser, ("backbone",))
     parser.add_argument(
         "--preset", default="quick", choices=PRESET_NAMES, help="training schedule (default quick)"
     )
@@ -44,9 +43,7 @@ def register(subparsers: Any) -> None:
         help="teacher epochs (default: the preset's); the student trains twice as many, with a role "
         "reversal every third",
     )
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
+    add_setting_flags(parser, ("batch_size", "device", "seed"), defaults={"seed": 0})
     parser.set_defaults(func=run)
 
 

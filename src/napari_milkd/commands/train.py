@@ -10,9 +10,11 @@ Writes ``RUN_DIR/teacher.pt``, ``RUN_DIR/student.pt`` (a full-supervision run wr
 torch is imported inside :func:`run` only.
 
 The schedule is a named preset (``--preset``, default ``standard``) that every explicit flag overrides,
-through :func:`napari_milkd.core.engine.presets.schedule`. Both checkpoints record the model's input spec;
-``--image-mpp`` puts the images' µm/px in it (without it the µm/px is unknown, and ``milkd predict`` asks
-for ``--mpp``).
+through :func:`napari_milkd.core.engine.presets.schedule`. Those config flags are generated from the
+settings' one description (:mod:`napari_milkd.core.engine.settings`, by
+:func:`napari_milkd.commands._settings.add_setting_flags`); the data and run flags are written here. Both
+checkpoints record the model's input spec; ``--image-mpp`` puts the images' µm/px in it (without it the
+µm/px is unknown, and ``milkd predict`` asks for ``--mpp``).
 
 ``--resume`` continues the run in ``--out`` only with the arguments it was started with: everything that
 defines the run (the schedule and seed, i.e. every config field but ``--device`` and the epoch counts,
@@ -35,8 +37,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_milkd.core.engine.config import BACKBONES, NETS, SETTING_CHOICES
+from napari_milkd.commands._settings import add_setting_flags
+from napari_milkd.core.engine.config import BACKBONES, NETS
 from napari_milkd.core.engine.presets import PRESET_NAMES, schedule
+from napari_milkd.core.engine.settings import SETTINGS
 from napari_milkd.core.engine.spec import ModelSpec, checkpoint_spec
 from napari_milkd.core.errors import InputError, write_error
 
@@ -50,28 +54,10 @@ DEFAULT_WORK_MPP = 1.0
 #: (repeated here so the CLI starts without numpy; a test keeps the two in step).
 DEFAULT_MAX_BAGS_PER_SLIDE = 512
 
-#: The flags a preset sets and an explicit value overrides (argparse dest → TrainConfig field).
-_SCHEDULE_FLAGS = (
-    "backbone",
-    "net",
-    "weights",
-    "size",
-    "batch_size",
-    "teacher_epochs",
-    "student_epochs",
-    "switch_every",
-    "switch_from",
-    "lr",
-    "weight_decay",
-    "val_fraction",
-    "seed",
-    "teacher_loss",
-    "ce_weight",
-    "ce_target",
-    "student_init",
-    "fusion_weights",
-    "augment",
-    "stain_jitter",
+#: The flags a preset sets and an explicit value overrides, passed to ``schedule`` as they are (argparse
+#: dest = TrainConfig field); ``run`` decides ``supervision``, ``select_on`` and ``device`` itself.
+_SCHEDULE_FLAGS: tuple[str, ...] = tuple(
+    n for n in SETTINGS if n not in ("supervision", "select_on", "device")
 )
 
 
@@ -154,96 +140,7 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help=f"with --slides: at most N tile bags from each slide (default {DEFAULT_MAX_BAGS_PER_SLIDE})",
     )
-    p.add_argument("--backbone", default=None, help=f"one of {', '.join(BACKBONES)} (default: the preset's)")
-    p.add_argument(
-        "--net",
-        default=None,
-        help="MIL segmentation net of teacher and student: dws_mil (deeply supervised side outputs, the "
-        "paper's) or sa_mil (the same with self-attention on the deepest features); default dws_mil",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="'default', 'imagenet', 'random', or an encoder weights file (default: 'default')",
-    )
-    p.add_argument(
-        "--size", type=int, default=None, help="training size in px (square; default: the preset's)"
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    p.add_argument("--teacher-epochs", type=int, default=None, help="default: the preset's")
-    p.add_argument(
-        "--student-epochs", type=int, default=None, help="default: the preset's, or 2 × --teacher-epochs"
-    )
-    p.add_argument(
-        "--switch-every",
-        type=int,
-        default=None,
-        help="role reversal every K student epochs; 0 disables it (default: the preset's, or student / 3)",
-    )
-    p.add_argument("--switch-from", type=int, default=None, help="first role-reversal epoch (default: K)")
-    p.add_argument(
-        "--teacher-loss", default=None, help="MIL teacher loss: dice (the paper's) or gm_bce (default: dice)"
-    )
-    p.add_argument(
-        "--ce-weight",
-        type=float,
-        default=None,
-        help="weight of the OEEM cross-entropy beside the Dice term in the student loss; 0 = Dice only "
-        "(default 1)",
-    )
-    p.add_argument(
-        "--ce-target",
-        default=None,
-        help="target of that cross-entropy: hard (the teacher's map thresholded, the paper's) or soft (its "
-        "probability); default hard",
-    )
-    p.add_argument(
-        "--student-init",
-        default=None,
-        help="the student's starting weights: weights (those of --weights, ImageNet by default) or teacher "
-        "(a copy of its teacher); default weights",
-    )
-    p.add_argument(
-        "--fusion-weights",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar="W",
-        help="weights of the three side outputs in the fused map, positive, summing to 1 "
-        "(default 0.3 0.3 0.4)",
-    )
-    p.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_const",
-        const=False,
-        default=None,
-        help="train without flips, rotations or stain jitter",
-    )
-    p.add_argument(
-        "--stain-jitter",
-        type=float,
-        default=None,
-        metavar="SIGMA",
-        help="H&E stain jitter when augmenting: each stain scaled by 1 ± SIGMA and shifted by ± SIGMA "
-        "(optical density); default 0 (flips and rotations only)",
-    )
-    p.add_argument("--supervision", choices=SETTING_CHOICES["supervision"], default="weak")
-    p.add_argument(
-        "--select-on",
-        choices=SETTING_CHOICES["select_on"],
-        default=None,
-        help="model-selection criterion on the validation split: weak (validation loss), agreement (weak "
-        "labels only: false-positive area on negatives, tumour found / agreement with the first teacher on "
-        "positives, hand corrections), masks (F1 on validation masks, needs --masks); default: the preset's",
-    )
-    p.add_argument("--val-fraction", type=float, default=None, help="default: the preset's (0.2)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
-    p.add_argument(
-        "--weight-decay", type=float, default=None, help="Adam weight decay (default: the preset's)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
+    add_setting_flags(p, SETTINGS)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.set_defaults(func=run)
 
@@ -311,7 +208,7 @@ def _select_on(args: argparse.Namespace) -> str | None:
         saved = record["config"]["select_on"]
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
         return None
-    return saved if saved in ("weak", "agreement", "masks") else None
+    return saved if saved in SETTINGS["select_on"].choices else None
 
 
 def _is_run_record(path: Path) -> bool:

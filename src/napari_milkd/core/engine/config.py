@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Backbone = Literal["vgg16", "efficientnet_lite0", "tiny"]
+Backbone = Literal["efficientnet_lite0", "tiny", "vgg16"]
 Stage = Literal["teacher", "student", "full"]
 
-#: Backbone names :func:`napari_milkd.core.engine.models.build_model` accepts.
-BACKBONES: tuple[str, ...] = ("vgg16", "efficientnet_lite0", "tiny")
+#: Backbone names :func:`napari_milkd.core.engine.models.build_model` accepts, the default first (the order
+#: the widget lists them in).
+BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "tiny", "vgg16")
 #: MIL net names it accepts (``TrainConfig.net``), the default first.
 NETS: tuple[str, ...] = ("dws_mil", "sa_mil")
 #: The allowed values of the enumerated text settings of :class:`TrainConfig` (field → choices); checked
