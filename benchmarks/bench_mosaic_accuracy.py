@@ -241,7 +241,8 @@ def main() -> None:
     ap.add_argument(
         "--train-args",
         default="",
-        help="more `milkd train` flags for the weak runs (an ablation, e.g. '--teacher-loss gm_bce')",
+        help="more `milkd train` flags for the weak runs (an ablation, e.g. '--teacher-loss gm_bce'); "
+        "a single flag needs the = form (--train-args=--no-augment), else argparse takes it for an option",
     )
     ap.add_argument("--name", default="", help="suffix of the weak runs' folders (the ablation's name)")
     a = ap.parse_args()
