@@ -73,7 +73,10 @@ def test_ablation_settings_are_checked_before_any_training() -> None:
         "gm_bce", 0.0, "soft", "teacher", False
     )  # fmt: skip
     assert c.fusion_weights == (0.2, 0.3, 0.5)
-    assert (schedule().ce_target, schedule().student_init) == ("hard", "weights")  # the paper's
+    assert (schedule("standard").ce_target, schedule("standard").student_init) == ("hard", "weights")
+    assert schedule("paper").student_init == "weights"
+    assert schedule("quick").student_init == "teacher"  # the evidence of issue 13 (docs/benchmarks.md)
+    assert schedule("quick", student_init="weights").student_init == "weights"
     for bad, message in (
         ({"teacher_loss": "bce"}, "teacher loss must be one of dice, gm_bce"),
         ({"ce_target": "fuzzy"}, "ce target must be one of hard, soft"),
