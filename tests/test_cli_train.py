@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,8 @@ def test_default_preset_is_standard() -> None:
     )  # fmt: skip
     assert args.preset == "standard"
     assert all(getattr(args, flag) is None for flag in _SCHEDULE_FLAGS)  # nothing overrides the preset
-    assert schedule(args.preset, **{f: getattr(args, f) for f in _SCHEDULE_FLAGS}) == TrainConfig()
+    standard = schedule(args.preset, **{f: getattr(args, f) for f in _SCHEDULE_FLAGS})
+    assert standard == replace(TrainConfig(), student_init="teacher")
 
 
 def test_resume_and_refuse_overwrite(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -128,7 +128,7 @@ SETTINGS: MappingProxyType[str, Setting] = _table(
         "student_init",
         "the student's starting weights: weights (those of --weights, ImageNet by default) or teacher "
         "(a copy of its teacher)",
-        default="the preset's (quick: teacher; standard, paper: weights)",
+        default="the preset's (quick, standard: teacher; paper: weights)",
     ),
     Setting(
         "fusion_weights",
