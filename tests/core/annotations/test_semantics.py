@@ -160,3 +160,23 @@ def test_only_detections_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no annotations to read \(skipped 1 cell; only annotation"):
         read_geojson(path)
     assert len(read_geojson(path, object_types=("annotation", "cell"))) == 1
+
+
+@pytest.mark.parametrize("pixels_per_call", [1, 37, 1000])
+def test_rasterising_in_small_numpy_calls_gives_the_same_maps(
+    pixels_per_call: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rasterisers split their numpy calls (so a worker does not hold the GIL for long); any
+    split gives the maps of one call over everything."""
+    from napari_milkd.core.annotations import geometry
+
+    rng = np.random.default_rng(3)
+    polys = [
+        box(x, y, x + w, y + h) for x, y, w, h in rng.uniform([-20, -20, 1, 1], [300, 300, 90, 90], (40, 4))
+    ]
+    monkeypatch.setattr(geometry, "PIXELS_PER_CALL", 1 << 30)
+    index, mask = polygons_to_index(polys, (83, 97), 3.1), polygons_to_mask(polys, (83, 97), 3.1)
+    assert mask.any() and (index > 1).any()
+    monkeypatch.setattr(geometry, "PIXELS_PER_CALL", pixels_per_call)
+    np.testing.assert_array_equal(polygons_to_index(polys, (83, 97), 3.1), index)
+    np.testing.assert_array_equal(polygons_to_mask(polys, (83, 97), 3.1), mask)

@@ -222,6 +222,12 @@ def _as_polygon_array(polygons: Iterable[Geometry | Annotation]) -> tuple[np.nda
     return np.array(parts, dtype=object), np.asarray(owner, dtype=np.int64)
 
 
+#: Pixels one numpy call of the rasterisers handles at most. Large numpy calls hold the GIL for their whole
+#: length (``np.maximum.at`` over 8 M pixels: ~35 ms), which stalls the GUI thread when a worker rasterises
+#: an import; at 1 M pixels each call is a few milliseconds and the whole takes as long.
+PIXELS_PER_CALL = 1 << 20
+
+
 def _check_raster(shape: tuple[int, int], downsample: float) -> tuple[int, int]:
     height, width = (int(v) for v in shape)
     if height < 0 or width < 0:
@@ -293,7 +299,7 @@ def polygons_to_mask(
     row_pair, c_start, c_stop, _ = _spans(polys, height, width, downsample)
     if row_pair.size == 0:
         return mask
-    band = max(1, (1 << 24) // (width + 1))
+    band = max(1, PIXELS_PER_CALL // (width + 1))
     for top in range(0, height, band):
         bottom = min(height, top + band)
         sel = (row_pair >= top) & (row_pair < bottom)
@@ -327,8 +333,8 @@ def polygons_to_index(
         return out.reshape(height, width)
     value = (owner[part] + 1).astype(np.int32)
     length = c_stop - c_start
-    # Expand spans to pixels in chunks of at most ~8 M pixels; np.maximum.at keeps the last item.
-    limit = 1 << 23
+    # Expand spans to pixels in chunks; np.maximum.at keeps the last item.
+    limit = PIXELS_PER_CALL
     ends = np.cumsum(length)
     first = 0
     while first < row.size:
