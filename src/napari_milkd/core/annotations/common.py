@@ -69,7 +69,8 @@ def _clean(
     geometry: BaseGeometry, where: str, warnings: list[str], slide_box: Polygon | None
 ) -> Geometry | None:
     """Repair, clip and check one imported geometry; ``None`` (with a warning) when nothing is left."""
-    repaired = geometry if geometry.is_valid else shapely.make_valid(geometry)
+    # shapely.is_valid/covers release the GIL, unlike the geometry's own properties (imports run in workers)
+    repaired = geometry if shapely.is_valid(geometry) else shapely.make_valid(geometry)
     parts = polygonal_parts(repaired)
     if not parts:
         warnings.append(f"{where}: empty polygon (no area) skipped")
@@ -77,7 +78,7 @@ def _clean(
     if repaired is not geometry:
         warnings.append(f"{where}: invalid polygon ({shapely.is_valid_reason(geometry)}) repaired")
     geometry = parts[0] if len(parts) == 1 else MultiPolygon(parts)
-    if slide_box is not None and not slide_box.covers(geometry):
+    if slide_box is not None and not shapely.covers(slide_box, geometry):
         clipped = polygonal_parts(shapely.intersection(geometry, slide_box))
         if not clipped:
             warnings.append(f"{where}: entirely outside the slide, dropped")

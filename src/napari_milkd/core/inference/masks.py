@@ -95,5 +95,10 @@ def mask_polygons(mask: np.ndarray, downsample: float, mpp: float | None) -> lis
     map_px_um2 = (downsample * mpp) ** 2 if mpp else None
     min_area_px = MIN_REGION_UM2 / map_px_um2 if map_px_um2 else 4.0
     polygons = mask_to_polygons(mask, downsample, simplify_px=SIMPLIFY_MAP_PX, min_area_px=min_area_px)
-    rounded = shapely.transform(polygons, lambda xy: np.round(xy, COORD_DECIMALS)) if polygons else []
-    return [p for p in rounded if p.is_valid and not p.is_empty]
+    if not polygons:
+        return []
+    rounded = shapely.transform(np.asarray(polygons, dtype=object), lambda xy: np.round(xy, COORD_DECIMALS))
+    # shapely's array functions release the GIL (a geometry's own properties hold it): an export in a
+    # worker leaves the GUI thread free.
+    keep = shapely.is_valid(rounded) & ~shapely.is_empty(rounded)
+    return list(rounded[keep])
