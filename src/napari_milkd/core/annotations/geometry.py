@@ -224,7 +224,8 @@ def _as_polygon_array(polygons: Iterable[Geometry | Annotation]) -> tuple[np.nda
 
 #: Pixels one numpy call of the rasterisers handles at most. Large numpy calls hold the GIL for their whole
 #: length (``np.maximum.at`` over 8 M pixels: ~35 ms), which stalls the GUI thread when a worker rasterises
-#: an import; at 1 M pixels each call is a few milliseconds and the whole takes as long.
+#: an import; at 1 M pixels each call is a few milliseconds, and the whole is faster, not slower
+#: (``benchmarks/bench_rasterise.py``).
 PIXELS_PER_CALL = 1 << 20
 
 
