@@ -7,9 +7,10 @@ Labels stay editable) and gets the slide's world scale times the working downsam
 the slide in micrometres. Main thread only; it holds layers, never session state.
 
 Adding a working-size layer costs 0.1–0.3 s on the GUI thread under software OpenGL, and drawing it
-(slicing, and outlines over the whole map for a ``contour`` layer) as much again: layers put inside
-:meth:`SlideLayers.hidden` come hidden, so the widget can :meth:`~SlideLayers.reveal` them one turn of
-the event loop later, two short freezes instead of one long one.
+(slicing, and outlines over the whole map for a ``contour`` layer) as much again. So a Labels layer
+outlines with :mod:`labels_outline`'s numpy outline, and layers put inside :meth:`SlideLayers.hidden`
+come hidden with their canvas overlays not yet built: :meth:`~SlideLayers.reveal` builds the overlays
+and then draws the layer in turns of the event loop, short freezes instead of one long one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
 from napari_milkd._layers import MICROMETRES, SLIDE_META, mask_layer_kwargs
+from napari_milkd._widget.labels_outline import defer_overlays, outline_quickly, show_overlays
 from napari_milkd.core.session.jobs import MapPreview
 from napari_milkd.core.session.weak_labels import (
     BAG_NEGATIVE,
@@ -193,20 +195,23 @@ class SlideLayers:
             mpp=geometry["mpp"],
             **extra,
         )
-        add = self.viewer.add_labels if kind == "labels" else self.viewer.add_image
         hide = self._hidden is not None and kwargs.get("visible", True)
         if hide:
             kwargs["visible"] = False
-        layer = add(data, **kwargs)
+        layer = Labels(data, **kwargs) if kind == "labels" else Image(data, **kwargs)
+        if isinstance(layer, Labels):
+            outline_quickly(layer)
         if hide and self._hidden is not None:
+            defer_overlays(layer)
             self._hidden.append(layer)
+        self.viewer.add_layer(layer)
         return layer
 
     @contextlib.contextmanager
     def hidden(self) -> Iterator[list[Any]]:
         """Layers :meth:`put` adds inside this block are added hidden (napari neither slices nor outlines
-        a hidden layer, so styling it costs nothing) and listed in the list it gives; :meth:`reveal` them
-        later. Layers that exist only get their data, as always."""
+        a hidden layer, so styling it costs nothing), their overlays not yet built, and listed in the list
+        it gives; :meth:`reveal` them later. Layers that exist only get their data, as always."""
         self._hidden = added = []
         try:
             yield added
@@ -214,9 +219,13 @@ class SlideLayers:
             self._hidden = None
 
     @staticmethod
-    def reveal(layers: Iterable[Any]) -> None:
-        """Show ``layers`` (added inside :meth:`hidden`): each is sliced and drawn now."""
+    def reveal(layers: Iterable[Any]) -> Iterator[None]:
+        """Show ``layers`` (added inside :meth:`hidden`) in steps: a turn of the event loop (yield), the
+        layer's overlays built, another turn, the layer sliced and drawn."""
         for layer in layers:
+            yield
+            show_overlays(layer)
+            yield
             layer.visible = True
 
     def put_labels(self, what: str, data: np.ndarray, colors: dict[Any, str], **extra: Any) -> Labels:

@@ -295,17 +295,15 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         weak = self.layers.get("weak labels")
         if weak is not None and weak.data.shape == session.weak.shape:  # strokes land in this session now
             self._put_weak_layer(session)
-        with self.layers.hidden() as added:  # outlined over the whole map: drawn at the next step
+        with self.layers.hidden() as added:  # outlined over the whole map: drawn in the next steps
             self.put_tiles_layer(work)
-        yield
-        self.layers.reveal(added)
+        yield from self.layers.reveal(added)
         yield
         weak = self.layers.get("weak labels")
         if weak is None or weak.data is not session.weak:
             with self.layers.hidden() as added:
                 self._put_weak_layer(session)
-            yield
-            self.layers.reveal(added)
+            yield from self.layers.reveal(added)
         for stage in STAGES:
             if session.mask(stage) is not None:
                 yield
@@ -494,7 +492,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         # The layer gets a copy: the session tells an edit by comparing with its own mask. The dock's
         # style is applied only where the layer lacks it: each ``contour`` set recomputes the outlines
         # over the whole map, which its new data has just done.
-        # A new layer is added hidden and styled, and drawn (outlines and all) at the next step.
+        # A new layer is added hidden and styled, and drawn (outlines and all) in the next steps.
         style = _style_of(self.mask_style)
         with self.layers.hidden() as added:
             layer = self.layers.put_labels(f"{stage} mask", mask.copy(), mask_colors(stage))
@@ -504,9 +502,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             # napari emits ``paint`` before it writes the pixels: re-read once control returns to Qt.
             layer.events.paint.connect(lambda *_: self._edit_timer.start())
             self._watched.add(layer)
-        if added:
-            yield
-            self.layers.reveal(added)
+        yield from self.layers.reveal(added)
         if self.map_view.layer is not None and self.map_view.layer.visible:  # a map it changed is shown
             yield
         self.map_view.refresh()
