@@ -52,6 +52,18 @@ def _stats(stalls: list[float]) -> dict[str, float]:
     }
 
 
+def compile_bytecode() -> str:
+    """Write milkd's bytecode first, as pip does when it installs the wheel. An editable install on a
+    machine that sets ``PYTHONDONTWRITEBYTECODE`` (ours) would otherwise compile every widget module from
+    source on the GUI thread when the dock opens, ~30 ms a user never pays."""
+    import compileall
+
+    import napari_milkd
+
+    compileall.compile_dir(str(Path(napari_milkd.__file__).parent), quiet=1)
+    return "compiled before the run, as an installed wheel has it"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,6 +75,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the worker")
     parser.add_argument("--phases", default="idle,train,predict,predict_live,slide_job")
     args = parser.parse_args()
+    bytecode = compile_bytecode()
     if "actions" in args.phases.split(","):
         import os
 
@@ -251,6 +264,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "date": date.today().isoformat(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "bytecode": bytecode,
     }
     for _ in range(20):  # let the first draw finish
         app.processEvents()

@@ -22,7 +22,9 @@ def test_at_1366x768_the_working_section_is_in_view(make_napari_viewer, qtbot, f
     viewer.window._qt_window.resize(1366, 768)
     _, widget = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")
     assert isinstance(widget, SlideWidget)
-    assert all(section.isExpanded() for section in widget.sections.values())
+    # Before a slide is prepared only its section is open; the others are folded, their content hidden.
+    assert [name for name, section in widget.sections.items() if section.isExpanded()] == ["slide"]
+    assert not widget.sections["weak"].content().isVisible() and not widget.bag_note.isVisible()
     viewer.open_sample("napari-milkd", "sample_slide")
     widget.prepare_button.click()
     qtbot.waitUntil(lambda: widget.session is not None and not widget.busy, timeout=60_000)
@@ -30,6 +32,8 @@ def test_at_1366x768_the_working_section_is_in_view(make_napari_viewer, qtbot, f
 
     slide = widget.sections["slide"]
     assert not slide.isExpanded() and "tiles at" in slide.text()  # folded into its summary
+    assert widget.sections["weak"].isExpanded() and widget.sections["train"].isExpanded()
+    assert widget.train_teacher_button.isVisible() and not widget.prepare_button.isVisible()
     qtbot.waitUntil(lambda: _on_screen(widget.bag_note) and _on_screen(widget.paint_free), timeout=5_000)
 
     work = widget.session.work
@@ -46,4 +50,6 @@ def test_at_1366x768_the_working_section_is_in_view(make_napari_viewer, qtbot, f
 
     # A folded section opens again with one click on its title.
     slide.toggleButton().click()
-    assert slide.isExpanded()
+    assert slide.isExpanded() and widget.prepare_button.isVisible()
+    slide.toggleButton().click()
+    assert not slide.isExpanded() and not widget.prepare_button.isVisible()

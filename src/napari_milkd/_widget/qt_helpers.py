@@ -118,19 +118,40 @@ class LossPlot(QWidget):
         painter.end()
 
 
-def stack_in_scroll_area(owner: QWidget, boxes: Iterable[QGroupBox]) -> list[QCollapsible]:
+class FoldingSection(QCollapsible):
+    """A collapsible section whose content is hidden while it is folded, not only squeezed to no height:
+    Qt neither styles nor lays out a hidden widget, so folded sections cost the dock's opening nothing
+    (their widgets are styled when first unfolded)."""
+
+    def expand(self, animate: bool = True) -> None:
+        """Unfold: the content is shown, then given its height."""
+        self.content().setVisible(True)
+        super().expand(animate=animate)
+
+    def collapse(self, animate: bool = True) -> None:
+        """Fold: no height, and the content hidden."""
+        super().collapse(animate=animate)
+        self.content().setVisible(False)
+
+
+def stack_in_scroll_area(
+    owner: QWidget, boxes: Iterable[QGroupBox], unfolded: int | None = None
+) -> list[FoldingSection]:
     """Lay ``boxes`` out top to bottom in a vertically scrolling area filling ``owner``, each in a
     collapsible section titled like the box (so a laptop screen shows the section being worked in);
-    return the sections, all expanded."""
+    return the sections: the first ``unfolded`` expanded (all when None), the rest folded."""
     inner = QWidget()
     layout = QVBoxLayout(inner)
     sections = []
-    for box in boxes:
-        section = QCollapsible(box.title())
+    for i, box in enumerate(boxes):
+        section = FoldingSection(box.title())
         section.setDuration(0)
         box.setTitle("")
         section.addWidget(box)
-        section.expand(animate=False)
+        if unfolded is None or i < unfolded:
+            section.expand(animate=False)
+        else:
+            section.collapse(animate=False)
         layout.addWidget(section)
         sections.append(section)
     layout.addStretch(1)

@@ -247,16 +247,20 @@ class SlideForm(SlideOpener, QWidget):
         rform.addRow(self.export_button)
 
         boxes = (slide_box, weak_box, train_box, review_box)
-        #: The four collapsible sections: "slide", "weak", "train", "review".
-        self.sections = dict(zip(SECTIONS, stack_in_scroll_area(self, boxes), strict=True))
+        #: The four collapsible sections: "slide", "weak", "train", "review". Until a slide is prepared
+        #: only the slide's is unfolded: the others have nothing to do yet (and, folded, cost the dock's
+        #: opening nothing).
+        self.sections = dict(zip(SECTIONS, stack_in_scroll_area(self, boxes, unfolded=1), strict=True))
 
-    def focus_section(self, name: str, *, summary: str | None = None) -> None:
+    def focus_section(self, name: str, *, summary: str | None = None, also: tuple[str, ...] = ()) -> None:
         """Fold the slide section into a one-line summary once it is done (``summary`` goes into its
-        title), and unfold ``name``, so the section being worked in is on screen, even on a laptop."""
+        title), and unfold ``name`` (and the sections ``also`` names, below it), so the section being
+        worked in is on screen, even on a laptop."""
         if summary is not None:
             self.sections["slide"].setText(f"1 · Slide — {summary}")
             self.sections["slide"].collapse(animate=False)
-        self.sections[name].expand(animate=False)
+        for other in (name, *also):
+            self.sections[other].expand(animate=False)
         # After the layout has taken the folding into account.
         QTimer.singleShot(0, lambda: scroll_into_view(self.sections[name]))
 

@@ -321,7 +321,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self.training.status.setText("")
         self._update_bag_note()
         self._update_buttons()
-        self.focus_section("weak", summary=f"{len(grid)} tiles at {grid.mpp:g} µm/px")
+        self.focus_section("weak", summary=f"{len(grid)} tiles at {grid.mpp:g} µm/px", also=("train",))
 
     # --- 3 · training ----------------------------------------------------------------------------
 
@@ -507,6 +507,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
             yield
         self.map_view.refresh()
         self.export_stage.setCurrentText(stage)  # the newest mask is the one to export
+        self.sections["review"].expand(animate=False)  # a mask to review and export: its section open
         self._update_buttons()
 
     def collect_corrections(self) -> None:
