@@ -13,6 +13,8 @@ def test_the_widget_freezes_start_up_objects_and_the_viewer_close_unfreezes(
 ) -> None:
     viewer = make_napari_viewer(show=True)
     docked = viewer.window.add_plugin_dock_widget("napari-milkd", "Slide masks")[1]
+    # The warm-up waits until the dock is laid out and drawn (run beside it, it slowed the opening 2x).
+    assert docked._warm_up is None and not docked.warmed_up
     qtbot.waitUntil(lambda: docked.warmed_up, timeout=120_000)
     assert "pandas" in sys.modules
     assert gc.get_freeze_count() > 100_000  # napari and Qt: what a full collection no longer walks

@@ -82,6 +82,10 @@ def _use_run(
 #: Longest a Prepare worker waits for the GUI thread to show what it read (a safety net: it is set
 #: when the layers are shown, when that fails, and when the widget goes).
 SHOWN_TIMEOUT_S = 600.0
+#: How long after the dock first shows its warm-up starts: once the dock is laid out and drawn. A worker
+#: importing alongside that work took half of the 2 cores' time from it (the dock's opening froze the
+#: viewer 200–300 ms instead of ~100 ms).
+WARM_UP_AFTER_MS = 300
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,13 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         self._edit_timer.timeout.connect(self.collect_corrections)
         self._init_weak_labels()
         self._init_slide_group()  # the slide list: sessions of slides prepared before, training on all
-        # Heavy imports off the GUI thread, then the start-up objects frozen out of the collector's walks.
+        # Heavy imports off the GUI thread, then the start-up objects frozen out of the collector's walks:
+        # started once the dock is shown and drawn, or by Prepare, whichever comes first.
         self.warmed_up = False
         self._watching_close = False
-        self._warm_up = warm_up(self._warmed_up)
+        self._warm_up: Any = None
+        self._warm_up_timer = QTimer(self, singleShot=True, interval=WARM_UP_AFTER_MS)
+        self._warm_up_timer.timeout.connect(self._start_warm_up)
         self.prepare_button.clicked.connect(self.start_prepare)
         self.paint_tumour.clicked.connect(lambda: self.start_painting(REGION_TUMOUR))
         self.paint_free.clicked.connect(lambda: self.start_painting(REGION_FREE))
@@ -200,6 +207,7 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
     def start_prepare(self) -> None:
         """Plan tissue and tiles for the selected slide in a worker, then let the session adopt them
         (restoring what its project saved)."""
+        self._start_warm_up()  # pandas for the first Labels layer, if the dock has not started it yet
         layer = self.selected_layer()
         if layer is None:
             notify_error("select a slide layer first")
@@ -237,15 +245,23 @@ class SlideWidget(SlideGroupPart, WeakLabelsPart, SlideForm):
         worker.yielded.connect(self._adopt)
         self.training.run(worker, self._prepare_returned)
 
+    def _start_warm_up(self) -> None:
+        if self._warm_up is None:
+            self._warm_up_timer.stop()
+            self._warm_up = warm_up(self._warmed_up)
+
     def _warmed_up(self) -> None:
         self.warmed_up = True
 
     def showEvent(self, event: Any) -> None:
-        """Docked and shown: the viewer's window is ours to watch (its close ends the gc freeze)."""
+        """Docked and shown: the viewer's window is ours to watch (its close ends the gc freeze), and the
+        warm-up follows the dock's first drawing."""
         super().showEvent(event)
         if not self._watching_close and self.window() is not self:
             unfreeze_on_close(self.window())
             self._watching_close = True
+        if self._warm_up is None and not self._warm_up_timer.isActive():
+            self._warm_up_timer.start()
 
     def _prepare_returned(self, _: object) -> None:
         """Prepare's worker ends once its layers are shown (:meth:`_adopt` did the work)."""
