@@ -144,7 +144,7 @@ def stack_in_scroll_area(
     layout = QVBoxLayout(inner)
     sections = []
     for i, box in enumerate(boxes):
-        section = FoldingSection(box.title())
+        section = FoldingSection(box.title(), collapsedIcon="▶")  # folded: points at its title
         section.setDuration(0)
         box.setTitle("")
         section.addWidget(box)
