@@ -66,7 +66,7 @@ def test_prepare_and_a_finished_stage_put_their_layers_one_per_turn(
     assert [name for name, _, _ in inserted] == ["teacher mask"]
     mask = viewer.layers[f"{PREFIX} teacher mask"]
     assert mask.visible and mask.contour > 0 and np.array_equal(mask.data, session.mask("teacher"))
-    # The brush and polygon overlays, built a turn after each layer (half an add's cost), are on the canvas.
+    # The brush and polygon overlays, built a turn after each layer (a third of an add), are on the canvas.
     canvas = viewer.window._qt_viewer.canvas
     for layer in (mask, viewer.layers[f"{PREFIX} weak labels"]):
         built = {type(overlay).__name__ for overlay in canvas._layer_overlay_to_visual[layer]}

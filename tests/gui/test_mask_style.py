@@ -44,9 +44,8 @@ def test_teacher_and_student_masks_are_distinct_outlines_with_fill_opacity_and_l
     for color in STAGE_COLORS.values():
         assert color in legend
     assert "teacher mask" in legend and "student mask" in legend and "tumour-free" in legend
-    label = (
-        widget.mask_style.legend
-    )  # every line of it on screen once laid out, none cut off by a squeezed dock
+    # Every line of the legend on screen once laid out, none cut off by a squeezed dock.
+    label = widget.mask_style.legend
     qtbot.waitUntil(
         lambda: (
             label.isVisible()

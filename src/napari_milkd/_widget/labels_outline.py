@@ -6,7 +6,7 @@ scipy's grey dilation and erosion, 50–110 ms on a 1536 × 2304 map. :func:`out
 pixels with a few numpy minimum/maximum calls over shifted views, 5–10 ms on a ``uint8`` map;
 :func:`outline_quickly` makes one layer use it.
 
-Adding a Labels layer also builds its brush and polygon overlays on the canvas at once, half the cost of
+Adding a Labels layer also builds its brush and polygon overlays on the canvas at once, about a third of
 the add. :func:`defer_overlays` hides them before the add (napari builds a hidden overlay only once it is
 shown) and :func:`show_overlays` shows them again, one turn of the event loop later.
 
