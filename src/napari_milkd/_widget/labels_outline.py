@@ -90,9 +90,10 @@ def _overlays(layer: Any) -> dict[str, Any]:
 def defer_overlays(layer: Any) -> None:
     """Before ``layer`` is added: hide its shown overlays (brush, polygon), so the canvas builds them
     only when :func:`show_overlays` shows them again."""
-    hidden = [name for name, overlay in _overlays(layer).items() if overlay.visible]
+    overlays = _overlays(layer)
+    hidden = [name for name, overlay in overlays.items() if overlay.visible]
     for name in hidden:
-        layer._overlays[name].visible = False
+        overlays[name].visible = False
     setattr(layer, _DEFERRED, hidden)
 
 
